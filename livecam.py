@@ -1,0 +1,994 @@
+"""livecam: a live-cam relay.
+
+A camera pushes JPEG frames over HTTP; the server keeps the newest frame of each camera in
+memory, persists it to SQLite so a restart loses nothing, and hands it to any number of
+viewers at once (`/live.jpeg`) or by long-poll (`/next.jpeg`).
+
+The file reads in the order a frame travels: settings, the frame model, storage, HTTP,
+the application factory, and `main()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import io
+import logging
+import math
+import os
+import re
+import secrets
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Mapping
+from concurrent.futures import Future as ThreadFuture
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import BodyPartReader, web
+from PIL import Image
+
+log = logging.getLogger("livecam")
+access_log = logging.getLogger("livecam.access")
+
+HERE = Path(__file__).resolve().parent
+
+# ---------------------------------------------------------------------------
+# 1. Settings and command line
+# ---------------------------------------------------------------------------
+
+DEFAULT_CAMERA = "default"
+CAMERA_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+DEFAULT_SIZES = (160, 320, 480, 640, 800, 1024, 1280, 1920)
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server is told at start; built from flags and the environment."""
+
+    db_path: Path = Path("livecam.db")
+    password: str = ""
+    host: str = "0.0.0.0"
+    port: int = 8080
+    demo: bool = False
+    access_log: bool = True
+    max_frame_bytes: int = 8 * MiB
+    persist_interval: float = 1.0
+    max_cameras: int = 16
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    camera_passwords: Mapping[str, str] = field(default_factory=dict)
+    allow_origin: str | None = None
+    edge_cache: bool = True
+    long_poll_default: float = 30.0
+    long_poll_max: float = 60.0
+    viewer_window: float = 5.0
+    shutdown_timeout: float = 3.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livecam.py",
+        description="Relay JPEG frames from a camera to many viewers. The upload password "
+        "comes from LIVECAM_PASSWORD (or PASSWORD) or --password-file; with neither, one is "
+        "generated next to the database.",
+    )
+    add = parser.add_argument
+    add("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
+    add("--port", type=int, default=8080, help="TCP port (default: 8080; 0 picks a free one)")
+    add("--db", type=Path, default=Path("livecam.db"), help="SQLite file for the newest frames")
+    add("--demo", action="store_true", help="run a demo camera that uploads a moving clock")
+    add("--password-file", type=Path, help="file holding the upload password (first line)")
+    add("--no-access-log", action="store_true", help="do not log each request (benchmarks)")
+    add("--max-frame-bytes", type=int, default=8 * MiB, help="largest JPEG accepted (bytes)")
+    add("--persist-interval", type=float, default=1.0,
+        help="write a camera's newest frame to SQLite at most this often (seconds)")
+    add("--max-cameras", type=int, default=16, help="how many cameras may exist")
+    add("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
+        help="widths allowed for resized variants, comma separated")
+    add("--camera-password-file", type=Path,
+        help="per-camera upload passwords, one 'name:password' per line")
+    add("--allow-origin", help="send CORS headers allowing this origin (e.g. https://example.org)")
+    add("--no-edge-cache", action="store_true",
+        help="forbid shared caches (a CDN or Varnish) from answering /next.jpeg")
+    add("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    password = resolve_password(args.password_file, args.db)
+    return Settings(
+        db_path=args.db,
+        password=password,
+        host=args.host,
+        port=args.port,
+        demo=args.demo,
+        access_log=not args.no_access_log,
+        max_frame_bytes=args.max_frame_bytes,
+        persist_interval=args.persist_interval,
+        max_cameras=args.max_cameras,
+        sizes=parse_sizes(args.sizes),
+        camera_passwords=read_camera_passwords(args.camera_password_file),
+        allow_origin=args.allow_origin,
+        edge_cache=not args.no_edge_cache,
+    )
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise SystemExit(f"--sizes must be comma-separated widths, got {text!r}") from None
+    if not sizes or sizes[0] < 16 or sizes[-1] > 8192:
+        raise SystemExit("--sizes must list widths between 16 and 8192")
+    return tuple(sizes)
+
+
+def resolve_password(password_file: Path | None, db_path: Path) -> str:
+    """The upload password: never from argv, where `ps` would show it."""
+    if password_file is not None:
+        return read_secret(password_file)
+    for name in ("LIVECAM_PASSWORD", "PASSWORD"):
+        if os.environ.get(name):
+            return os.environ[name]
+    generated = db_path.with_name(db_path.name + ".password")
+    if generated.exists():
+        return read_secret(generated)
+    password = secrets.token_urlsafe(24)
+    generated.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(generated, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    log.warning("no password given: generated one in %s (mode 0600)", generated.resolve())
+    return password
+
+
+def read_secret(path: Path) -> str:
+    try:
+        secret = path.read_text().splitlines()[0].strip() if path.read_text() else ""
+    except OSError as error:
+        raise SystemExit(f"cannot read password file {path}: {error.strerror}") from None
+    if not secret:
+        raise SystemExit(f"password file {path} is empty")
+    return secret
+
+
+def read_camera_passwords(path: Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    passwords = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, password = line.partition(":")
+        if not sep or not CAMERA_NAME.fullmatch(name.strip()) or not password.strip():
+            raise SystemExit(f"{path}:{number}: expected 'name:password'")
+        passwords[name.strip()] = password.strip()
+    return passwords
+
+
+# ---------------------------------------------------------------------------
+# 2. The frame model
+# ---------------------------------------------------------------------------
+
+
+class FrameRejected(Exception):
+    """An upload that is not a usable JPEG; carries the HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class CameraClosed(Exception):
+    """The server is shutting down: waiting viewers are released."""
+
+
+SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7,
+                         0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+def inspect_jpeg(data: bytes) -> tuple[int, int]:
+    """Check that `data` is a whole JPEG and return its (width, height) without decoding.
+
+    The size comes from the first frame header before the scan; an EXIF thumbnail lives
+    inside an APP1 segment, which the walk skips whole.
+    """
+    if not data:
+        raise FrameRejected(400, "empty upload: send one JPEG image as the body")
+    if not data.startswith(b"\xff\xd8"):
+        raise FrameRejected(415, "not a JPEG: the body must start with the JPEG SOI marker FFD8")
+    if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise FrameRejected(400, "truncated JPEG: no EOI marker FFD9 at the end")
+    i, end = 2, len(data)
+    while i + 4 <= end:
+        if data[i] != 0xFF:
+            break
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in STANDALONE_MARKERS:
+            i += 2
+            continue
+        if marker in (0xDA, 0xD9):  # scan or end before any frame header
+            break
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in SOF_MARKERS and i + 9 <= end:
+            height = int.from_bytes(data[i + 5:i + 7], "big")
+            width = int.from_bytes(data[i + 7:i + 9], "big")
+            if width and height:
+                return width, height
+            break
+        i += 2 + length
+    raise FrameRejected(400, "broken JPEG: no frame header with a width and height")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderPolicy:
+    """What every frame response says besides the frame itself."""
+
+    allow_origin: str | None = None
+    edge_cache: bool = True
+
+
+LIVE_CACHE_CONTROL = "no-cache"
+EDGE_CACHE_CONTROL = "public, max-age=0, s-maxage=2"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Frame:
+    """One JPEG as served: its identity, its bytes, and the headers prepared once for it."""
+
+    seq: int
+    epoch: str
+    timestamp: float
+    jpeg: bytes
+    width: int
+    height: int
+    etag: str
+    live_headers: Mapping[str, str]
+    next_headers: Mapping[str, str]
+
+    @classmethod
+    def create(cls, jpeg: bytes, seq: int, epoch: str, timestamp: float,
+               size: tuple[int, int], policy: HeaderPolicy, tag: str = "") -> Frame:
+        etag = f'"{epoch}-{seq}{tag}"'
+        common = {
+            "Content-Type": "image/jpeg",
+            "ETag": etag,
+            "Last-Modified": formatdate(timestamp, usegmt=True),
+            "X-Frame-Seq": str(seq),
+            "X-Frame-Timestamp": f"{timestamp:.3f}",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if policy.allow_origin:
+            common["Access-Control-Allow-Origin"] = policy.allow_origin
+            common["Access-Control-Expose-Headers"] = (
+                "ETag, X-Frame-Seq, X-Frame-Timestamp, X-Frame-Age")
+        next_cache = EDGE_CACHE_CONTROL if policy.edge_cache else LIVE_CACHE_CONTROL
+        return cls(seq, epoch, timestamp, jpeg, size[0], size[1], etag,
+                   {**common, "Cache-Control": LIVE_CACHE_CONTROL},
+                   {**common, "Cache-Control": next_cache})
+
+    def age_ms(self) -> int:
+        return max(0, int((time.time() - self.timestamp) * 1000))
+
+
+def resize_jpeg(jpeg: bytes, width: int, quality: int = 80) -> tuple[bytes, tuple[int, int]]:
+    """Scale a JPEG to `width`, keeping its aspect ratio; draft mode decodes it small and cheap."""
+    with Image.open(io.BytesIO(jpeg)) as image:
+        height = max(1, round(image.height * width / image.width))
+        image.draft("RGB", (width, height))
+        small = image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=quality)
+    return out.getvalue(), (width, height)
+
+
+class Viewers:
+    """Who watches a camera: connections that fetched a frame lately or hold a request open.
+
+    A camera reads the count from each upload answer and slows down when it is zero.
+    """
+
+    def __init__(self, window: float) -> None:
+        self._window = window
+        self._last_seen: dict[int, float] = {}
+        self._holding: dict[int, int] = {}
+
+    def saw(self, connection: int) -> None:
+        self._last_seen[connection] = time.monotonic()
+
+    @contextlib.contextmanager
+    def holding(self, connection: int) -> Iterator[None]:
+        """Count a connection while it waits; one that disconnects stops counting at once."""
+        self._holding[connection] = self._holding.get(connection, 0) + 1
+        try:
+            yield
+        except BaseException:
+            self._last_seen.pop(connection, None)
+            raise
+        else:
+            self.saw(connection)
+        finally:
+            left = self._holding.pop(connection) - 1
+            if left:
+                self._holding[connection] = left
+
+    def count(self) -> int:
+        cutoff = time.monotonic() - self._window
+        for connection in [c for c, seen in self._last_seen.items() if seen < cutoff]:
+            del self._last_seen[connection]
+        return len(self._holding) + sum(1 for c in self._last_seen if c not in self._holding)
+
+
+class Camera:
+    """A camera's newest frame and the one wake-up that releases everyone waiting for the next.
+
+    All viewing code asks this object; nothing else holds frames.
+    """
+
+    def __init__(self, name: str, policy: HeaderPolicy, viewer_window: float) -> None:
+        self.name = name
+        self.policy = policy
+        self.frame: Frame | None = None
+        self.viewers = Viewers(viewer_window)
+        self.served = 0
+        self.variants_made = 0
+        self._closed = False
+        self._next_frame: asyncio.Future[Frame | None] = (
+            asyncio.get_running_loop().create_future())
+        self._upload_times: deque[float] = deque(maxlen=32)
+        self._variants: dict[int, asyncio.Future[Frame]] = {}
+
+    @property
+    def next_seq(self) -> int:
+        return self.frame.seq + 1 if self.frame else 1
+
+    def publish(self, frame: Frame) -> None:
+        """Make `frame` the newest and wake every waiter with one future."""
+        self.frame = frame
+        self._variants = {}
+        self._upload_times.append(time.monotonic())
+        woken, self._next_frame = self._next_frame, asyncio.get_running_loop().create_future()
+        woken.set_result(frame)
+
+    async def wait_for_newer(self, after: int, max_wait: float) -> Frame | None:
+        """A frame whose seq is not `after`: at once if there is one, else the next to arrive.
+
+        A viewer ahead of the server (its database was reset) gets the newest frame at once.
+        Returns None when `max_wait` seconds pass first.
+        """
+        frame = self.frame
+        if frame is not None and frame.seq != after:
+            return frame
+        if self._closed:
+            raise CameraClosed
+        try:
+            async with asyncio.timeout(max_wait):
+                frame = await asyncio.shield(self._next_frame)
+        except TimeoutError:
+            return None
+        if frame is None:
+            raise CameraClosed
+        return frame
+
+    def close(self) -> None:
+        """Release every waiter; used on shutdown."""
+        self._closed = True
+        if not self._next_frame.done():
+            self._next_frame.set_result(None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def upload_fps(self) -> float:
+        times = self._upload_times
+        if len(times) < 2 or time.monotonic() - times[-1] > 5.0:
+            return 0.0
+        return round((len(times) - 1) / (times[-1] - times[0]), 2)
+
+    async def variant(self, frame: Frame, width: int) -> Frame:
+        """`frame` scaled to `width`: made once per frame and size, shared by all who ask."""
+        if width >= frame.width:
+            return frame
+        if frame is not self.frame:  # an older frame: not worth caching
+            return await make_variant(frame, width, self.policy)
+        task = self._variants.get(width)
+        if task is None:
+            task = asyncio.ensure_future(make_variant(frame, width, self.policy))
+            self._variants[width] = task
+            self.variants_made += 1
+        return await asyncio.shield(task)
+
+
+async def make_variant(frame: Frame, width: int, policy: HeaderPolicy) -> Frame:
+    jpeg, size = await asyncio.to_thread(resize_jpeg, frame.jpeg, width)
+    return Frame.create(jpeg, frame.seq, frame.epoch, frame.timestamp, size, policy,
+                        tag=f"-w{width}")
+
+
+class Relay:
+    """The cameras of one server, and the one place where a frame is accepted."""
+
+    def __init__(self, settings: Settings, store: FrameStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.epoch = ""
+        self.started = time.time()
+        self.policy = HeaderPolicy(settings.allow_origin, settings.edge_cache)
+        self.cameras: dict[str, Camera] = {}
+        self.camera(DEFAULT_CAMERA, create=True)
+
+    def camera(self, name: str, *, create: bool = False) -> Camera | None:
+        camera = self.cameras.get(name)
+        if camera is None and create:
+            if len(self.cameras) >= self.settings.max_cameras:
+                raise FrameRejected(
+                    403, f"camera limit reached: at most {self.settings.max_cameras} cameras")
+            camera = self.cameras[name] = Camera(name, self.policy, self.settings.viewer_window)
+        return camera
+
+    def restore(self, epoch: str, rows: list[StoredFrame]) -> None:
+        self.epoch = epoch
+        for row in rows:
+            if not CAMERA_NAME.fullmatch(row.camera):
+                continue
+            camera = self.camera(row.camera, create=True)
+            camera.frame = Frame.create(row.jpeg, row.seq, epoch, row.timestamp,
+                                        (row.width, row.height), self.policy)
+
+    def password_for(self, camera: str) -> str:
+        return self.settings.camera_passwords.get(camera, self.settings.password)
+
+    def accept(self, camera_name: str, jpeg: bytes) -> tuple[Camera, Frame]:
+        """Validate, number, publish and persist one uploaded frame."""
+        size = inspect_jpeg(jpeg)
+        camera = self.camera(camera_name, create=True)
+        frame = Frame.create(jpeg, camera.next_seq, self.epoch, time.time(), size, self.policy)
+        camera.publish(frame)
+        self.store.save(camera.name, frame)
+        return camera, frame
+
+    def cameras_with_frames(self) -> list[Camera]:
+        return [camera for camera in self.cameras.values() if camera.frame is not None]
+
+    def close(self) -> None:
+        for camera in self.cameras.values():
+            camera.close()
+
+
+# ---------------------------------------------------------------------------
+# 3. Storage: SQLite behind the memory
+# ---------------------------------------------------------------------------
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS frames (
+    camera TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    timestamp REAL NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    jpeg BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFrame:
+    camera: str
+    seq: int
+    timestamp: float
+    width: int
+    height: int
+    jpeg: bytes
+
+
+class FrameStore:
+    """Keeps the newest frame of each camera in SQLite, written by one thread of its own.
+
+    Latest wins: a frame waiting to be written is replaced by a newer one, and writes happen
+    at most every `interval` seconds, so an SD card is not worn out for nothing. `close()`
+    always flushes the newest frame.
+
+    The database holds a random epoch; `(epoch, seq)` names one image forever. A start after
+    an unclean stop (frames may have been accepted but not written) takes a new epoch, since
+    the restored seq may be reused.
+    """
+
+    def __init__(self, path: Path, interval: float) -> None:
+        self.path = path
+        self.interval = interval
+        self._pending: dict[str, Frame] = {}
+        self._closing = False
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ThreadFuture[tuple[str, list[StoredFrame]]]:
+        """Open the database in the writer thread; the future holds (epoch, stored frames)."""
+        opened: ThreadFuture[tuple[str, list[StoredFrame]]] = ThreadFuture()
+        self._thread = threading.Thread(target=self._run, args=(opened,),
+                                        name="livecam-sqlite", daemon=True)
+        self._thread.start()
+        return opened
+
+    def save(self, camera: str, frame: Frame) -> None:
+        with self._wake:
+            self._pending[camera] = frame
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Flush what is pending and stop the thread (blocking: call it from a thread)."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self, opened: ThreadFuture) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None)
+            restored = self._open(db)
+        except (sqlite3.Error, OSError) as error:
+            opened.set_exception(error)
+            return
+        opened.set_result(restored)
+        try:
+            while self._write_when_due(db):
+                pass
+            with db:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
+        finally:
+            db.close()
+
+    def _open(self, db: sqlite3.Connection) -> tuple[str, list[StoredFrame]]:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+        epoch = meta.get("epoch")
+        if epoch is None or meta.get("clean") != "1":
+            epoch = secrets.token_hex(4)
+        with db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (epoch,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
+        rows = db.execute(
+            "SELECT camera, seq, timestamp, width, height, jpeg FROM frames").fetchall()
+        return epoch, [StoredFrame(*row) for row in rows]
+
+    def _write_when_due(self, db: sqlite3.Connection) -> bool:
+        """Write what is pending, then rest; False once closing and nothing is left."""
+        with self._wake:
+            self._wake.wait_for(lambda: self._pending or self._closing)
+            batch, self._pending = self._pending, {}
+            closing = self._closing
+        if batch:
+            self._write(db, batch)
+        if closing:
+            return bool(self._pending)
+        with self._wake:
+            self._wake.wait_for(lambda: self._closing, timeout=self.interval)
+        return True
+
+    def _write(self, db: sqlite3.Connection, batch: dict[str, Frame]) -> None:
+        try:
+            with db:
+                db.executemany(
+                    "INSERT OR REPLACE INTO frames VALUES (?, ?, ?, ?, ?, ?)",
+                    [(camera, f.seq, f.timestamp, f.width, f.height, f.jpeg)
+                     for camera, f in batch.items()])
+        except sqlite3.Error as error:  # keep serving from memory; the next write retries
+            log.error("cannot write frames to %s: %s", self.path, error)
+
+
+# ---------------------------------------------------------------------------
+# 4. HTTP: password check, upload, viewing, page, status
+# ---------------------------------------------------------------------------
+
+RELAY = web.AppKey("relay", Relay)
+SETTINGS = web.AppKey("settings", Settings)
+
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+        "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'self'; form-action 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+RETRY_AFTER = "2"
+
+
+class HTTPError(web.HTTPException):
+    """An error answer: a status code and one plain-text line saying what was wrong."""
+
+    def __init__(self, status: int, reason: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        self.status_code = status
+        super().__init__(text=reason + "\n", headers=headers)
+
+
+def camera_name(request: web.Request) -> str:
+    name = request.match_info.get("camera", DEFAULT_CAMERA)
+    if not CAMERA_NAME.fullmatch(name):
+        raise HTTPError(400, "bad camera name: use 1-32 of a-z, 0-9, '_' and '-', "
+                              "starting with a letter or digit")
+    return name
+
+
+def connection_id(request: web.Request) -> int:
+    """Identifies the viewer's connection: a browser keeps one open while it watches."""
+    return id(request.protocol)
+
+
+def is_authorized(request: web.Request, expected: str) -> bool:
+    """Bearer header or the tutorial's `?password=`, compared in constant time."""
+    given = request.query.get("password")
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        given = auth[7:].strip()
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def check_password(request: web.Request, camera: str) -> None:
+    if not is_authorized(request, request.app[RELAY].password_for(camera)):
+        raise HTTPError(401, "wrong or missing password: send 'Authorization: Bearer "
+                             "<password>'", {"WWW-Authenticate": 'Bearer realm="livecam"'})
+
+
+async def read_upload(request: web.Request, limit: int) -> bytes:
+    """The JPEG from a raw body (any content type) or from a multipart file field."""
+    too_large = HTTPError(413, f"frame too large: the limit is {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    if request.content_type == "multipart/form-data":
+        async for part in await request.multipart():
+            if isinstance(part, BodyPartReader) and part.filename is not None:
+                return await read_limited(part.read_chunk, limit, too_large)
+        raise HTTPError(400, "multipart upload without a file field: send -F frame=@x.jpg")
+    return await read_limited(request.content.readany, limit, too_large)
+
+
+async def read_limited(read_chunk, limit: int, too_large: web.HTTPException) -> bytes:
+    body = bytearray()
+    while chunk := await read_chunk():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+async def upload(request: web.Request) -> web.Response:
+    """Accept one frame: password first, then the body, then validation."""
+    relay = request.app[RELAY]
+    name = camera_name(request)
+    check_password(request, name)
+    jpeg = await read_upload(request, relay.settings.max_frame_bytes)
+    try:
+        camera, frame = relay.accept(name, jpeg)
+    except FrameRejected as rejected:
+        raise HTTPError(rejected.status, rejected.reason) from None
+    return web.json_response({
+        "seq": frame.seq, "bytes": len(frame.jpeg), "width": frame.width,
+        "height": frame.height, "viewers": camera.viewers.count(),
+    })
+
+
+def viewed_camera(request: web.Request) -> Camera:
+    """The camera a viewing route names: 404 for one that never uploaded."""
+    relay = request.app[RELAY]
+    camera = relay.camera(camera_name(request))
+    if camera is None:
+        raise HTTPError(404, f"no camera named {request.match_info['camera']!r} "
+                              "has uploaded a frame")
+    return camera
+
+
+def no_frame_yet(camera: Camera) -> web.HTTPException:
+    return HTTPError(503, f"camera {camera.name!r} has not sent a frame yet",
+                      {"Retry-After": RETRY_AFTER})
+
+
+def shutting_down() -> web.HTTPException:
+    return HTTPError(503, "server is shutting down; retry shortly",
+                      {"Retry-After": RETRY_AFTER, "Connection": "close"})
+
+
+def requested_width(request: web.Request, frame: Frame) -> int | None:
+    """The variant width asked for, by `?width=W` or the tutorial's `/liveWxH.jpeg` box."""
+    sizes = request.app[SETTINGS].sizes
+    box = request.match_info.get("box_width"), request.match_info.get("box_height")
+    if box[0] is not None:
+        box_w, box_h = int(box[0]), int(box[1])
+        fits = [w for w in sizes if w <= box_w and w * frame.height / frame.width <= box_h]
+        if not fits:
+            raise HTTPError(400, f"box {box_w}x{box_h} is too small: the smallest width "
+                                  f"is {sizes[0]}")
+        return fits[-1]
+    raw = request.query.get("width")
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) not in sizes:
+        raise HTTPError(400, "width must be one of " + ",".join(map(str, sizes)))
+    return int(raw)
+
+
+async def sized(request: web.Request, camera: Camera, frame: Frame) -> Frame:
+    width = requested_width(request, frame)
+    if width is None:
+        return frame
+    try:
+        return await camera.variant(frame, width)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise HTTPError(500, f"cannot resize this frame: {error}") from None
+
+
+def frame_response(frame: Frame, headers: Mapping[str, str]) -> web.Response:
+    response = web.Response(body=frame.jpeg, headers=headers)
+    response.headers["X-Frame-Age"] = str(frame.age_ms())
+    return response
+
+
+async def live_jpeg(request: web.Request) -> web.Response:
+    """The newest frame, at once."""
+    camera = viewed_camera(request)
+    frame = camera.frame
+    if frame is None:
+        raise no_frame_yet(camera)
+    frame = await sized(request, camera, frame)
+    camera.viewers.saw(connection_id(request))
+    camera.served += 1
+    if request.headers.get("If-None-Match") == frame.etag:
+        return web.Response(status=304, headers={"ETag": frame.etag,
+                                                 "Cache-Control": LIVE_CACHE_CONTROL})
+    return frame_response(frame, frame.live_headers)
+
+
+def query_number(request: web.Request, key: str, kind: type, minimum: float) -> float | None:
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < minimum:
+        noun = "a whole number" if kind is int else "a number of seconds"
+        raise HTTPError(400, f"{key} must be {noun} >= {minimum}, got {raw[:40]!r}")
+    return value
+
+
+async def next_jpeg(request: web.Request) -> web.Response:
+    """Long-poll: a frame newer than `after`, as soon as there is one."""
+    settings = request.app[SETTINGS]
+    camera = viewed_camera(request)
+    after = query_number(request, "after", int, 0)
+    timeout = query_number(request, "timeout", float, 0)
+    timeout = min(settings.long_poll_default if timeout is None else timeout,
+                  settings.long_poll_max)
+    if after is None:
+        after = camera.frame.seq if camera.frame else 0
+    try:
+        with camera.viewers.holding(connection_id(request)):
+            frame = await camera.wait_for_newer(int(after), timeout)
+    except CameraClosed:
+        raise shutting_down() from None
+    if frame is None:
+        return web.Response(status=204, headers={"Cache-Control": "no-store"})
+    frame = await sized(request, camera, frame)
+    camera.served += 1
+    return frame_response(frame, frame.next_headers)
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """`/`: the viewer page, or a grid of cameras; mjpg-streamer's `?action=` aliases."""
+    if request.query.get("action") == "snapshot":
+        return await live_jpeg(request)
+    relay = request.app[RELAY]
+    cameras = relay.cameras_with_frames()
+    if len(cameras) > 1:
+        return page("grid.html", request, {"cameras": [camera.name for camera in cameras]})
+    return viewer_page(request, DEFAULT_CAMERA)
+
+
+async def camera_page(request: web.Request) -> web.StreamResponse:
+    camera = viewed_camera(request)
+    return viewer_page(request, camera.name)
+
+
+def viewer_page(request: web.Request, camera: str) -> web.Response:
+    base = "" if camera == DEFAULT_CAMERA else f"/cams/{camera}"
+    sizes = list(request.app[SETTINGS].sizes)
+    return page("viewer.html", request, {"camera": camera, "base": base, "sizes": sizes})
+
+
+def page(template: str, request: web.Request, context: dict) -> web.Response:
+    response = aiohttp_jinja2.render_template(template, request, context)
+    response.headers.update(PAGE_HEADERS)
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+async def tutorial_test_page(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/")
+
+
+async def status(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
+    now = time.time()
+    cameras = {}
+    for camera in relay.cameras_with_frames():
+        frame = camera.frame
+        cameras[camera.name] = {
+            "seq": frame.seq, "timestamp": frame.timestamp,
+            "age": round(now - frame.timestamp, 3), "bytes": len(frame.jpeg),
+            "width": frame.width, "height": frame.height, "fps": camera.upload_fps(),
+            "viewers": camera.viewers.count(), "served": camera.served,
+            "variants_made": camera.variants_made,
+        }
+    body = {"uptime": round(now - relay.started, 3), "epoch": relay.epoch, "cameras": cameras}
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+# ---------------------------------------------------------------------------
+# 5. The application
+# ---------------------------------------------------------------------------
+
+PASSWORD_IN_URL = re.compile(r"(password=)[^&\s\"]*", re.IGNORECASE)
+
+
+class RedactPasswords(logging.Filter):
+    """aiohttp's access log prints the query string; the tutorial puts the password there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "password=" in message.lower():
+            record.msg, record.args = PASSWORD_IN_URL.sub(r"\1REDACTED", message), None
+        return True
+
+
+if not any(isinstance(f, RedactPasswords) for f in access_log.filters):
+    access_log.addFilter(RedactPasswords())
+
+
+async def relay_context(app: web.Application) -> AsyncIterator[None]:
+    """Open the database, restore the newest frames, and flush them on the way out."""
+    settings = app[SETTINGS]
+    store = FrameStore(settings.db_path, settings.persist_interval)
+    relay = Relay(settings, store)
+    epoch, rows = await asyncio.wrap_future(store.start())
+    relay.restore(epoch, rows)
+    app[RELAY] = relay
+    log.info("database %s: epoch %s, restored %d camera(s)", settings.db_path, epoch, len(rows))
+    yield
+    relay.close()
+    await asyncio.to_thread(store.close)
+
+
+async def release_viewers(app: web.Application) -> None:
+    """Answer every held request at once, so shutdown does not wait for long-polls."""
+    if RELAY in app:
+        app[RELAY].close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.max_frame_bytes + MiB,
+        handler_args={
+            # A viewer that hangs up stops waiting (and counting) at once.
+            "handler_cancellation": True,
+            "access_log": access_log if settings.access_log else None,
+        },
+    )
+    app[SETTINGS] = settings
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"),
+                         autoescape=True)
+    app.cleanup_ctx.append(relay_context)
+    app.on_shutdown.append(release_viewers)
+    add_routes(app)
+    return app
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/", index)
+    router.add_post("/", upload)  # the tutorial's `POST /?password=`
+    router.add_get("/test", tutorial_test_page)
+    router.add_get("/status", status)
+    for prefix in ("", "/cams/{camera}"):
+        router.add_post(prefix + "/upload", upload)
+        router.add_get(prefix + "/live.jpeg", live_jpeg)
+        router.add_get(prefix + r"/live{box_width:\d+}x{box_height:\d+}.jpeg", live_jpeg)
+        router.add_get(prefix + "/next.jpeg", next_jpeg)
+    router.add_get("/cams/{camera}/", camera_page)
+    router.add_static("/static/", HERE / "static")
+
+
+# ---------------------------------------------------------------------------
+# 6. main
+# ---------------------------------------------------------------------------
+
+LISTEN_BACKLOG = 4096
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then release viewers, flush, and exit within seconds."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
+    await site.start()
+    port = runner.addresses[0][1]
+    shown_host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{shown_host}:{port}/"
+    log.info("listening on %s", url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    demo = asyncio.create_task(run_demo(url, settings.password)) if settings.demo else None
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        if demo is not None:
+            demo.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await demo
+        await runner.cleanup()
+
+
+async def run_demo(url: str, password: str) -> None:
+    """The demo camera: uploader.py's demo source, through the real upload endpoint."""
+    import uploader
+
+    options = uploader.Options(url=url.rstrip("/"), password=password, source="demo",
+                               quiet=True)
+    await uploader.run(options)
+
+
+def print_camera_hint(settings: Settings, args: argparse.Namespace) -> None:
+    if args.password_file or os.environ.get("LIVECAM_PASSWORD") or os.environ.get("PASSWORD"):
+        return
+    secret_file = settings.db_path.with_name(settings.db_path.name + ".password").resolve()
+    host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    log.info("upload password is in %s; start a camera with:\n  LIVECAM_PASSWORD=\"$(cat %s)\" "
+             "python uploader.py --url http://%s:%d", secret_file, secret_file, host,
+             settings.port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from_args(args)
+    print_camera_hint(settings, args)
+    try:
+        import uvloop
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
