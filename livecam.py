@@ -830,6 +830,10 @@ async def tutorial_test_page(request: web.Request) -> web.Response:
     raise web.HTTPFound("/")
 
 
+async def add_slash(request: web.Request) -> web.Response:
+    raise web.HTTPFound(f"/cams/{camera_name(request)}/")
+
+
 async def status(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
     now = time.time()
@@ -918,6 +922,7 @@ def add_routes(app: web.Application) -> None:
         router.add_get(prefix + r"/live{box_width:\d+}x{box_height:\d+}.jpeg", live_jpeg)
         router.add_get(prefix + "/next.jpeg", next_jpeg)
     router.add_get("/cams/{camera}/", camera_page)
+    router.add_get("/cams/{camera}", add_slash)
     router.add_static("/static/", HERE / "static")
 
 
