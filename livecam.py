@@ -15,18 +15,20 @@ import asyncio
 import contextlib
 import hmac
 import io
+import json
 import logging
 import math
 import os
 import re
 import secrets
 import signal
+import socket
 import sqlite3
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import aiohttp_jinja2
 import jinja2
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, WSCloseCode, WSMessage, WSMsgType, web
 from PIL import Image
 
 log = logging.getLogger("livecam")
@@ -348,8 +350,10 @@ class Camera:
         self.served = 0
         self.variants_made = 0
         self._closed = False
-        self._next_frame: asyncio.Future[Frame | None] = (
-            asyncio.get_running_loop().create_future())
+        # One future per waiter, in a set: a waiter that times out or hangs up leaves in O(1).
+        # (One shared future looks cheaper, but every waiter leaving it scans its callback
+        # list: 10,000 long-polls timing out together cost a second of CPU.)
+        self._waiters: set[asyncio.Future[Frame | None]] = set()
         self._upload_times: deque[float] = deque(maxlen=32)
         self._variants: dict[int, asyncio.Future[Frame]] = {}
 
@@ -358,12 +362,21 @@ class Camera:
         return self.frame.seq + 1 if self.frame else 1
 
     def publish(self, frame: Frame) -> None:
-        """Make `frame` the newest and wake every waiter with one future."""
+        """Make `frame` the newest and release every waiter.
+
+        Releasing only sets each waiter's future; each viewer's own task then sends its
+        response, so the upload request never writes to viewers.
+        """
         self.frame = frame
         self._variants = {}
         self._upload_times.append(time.monotonic())
-        woken, self._next_frame = self._next_frame, asyncio.get_running_loop().create_future()
-        woken.set_result(frame)
+        self._release(frame)
+
+    def _release(self, frame: Frame | None) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(frame)
 
     async def wait_for_newer(self, after: int, max_wait: float) -> Frame | None:
         """A frame whose seq is not `after`: at once if there is one, else the next to arrive.
@@ -376,20 +389,23 @@ class Camera:
             return frame
         if self._closed:
             raise CameraClosed
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
         try:
             async with asyncio.timeout(max_wait):
-                frame = await asyncio.shield(self._next_frame)
+                frame = await waiter
         except TimeoutError:
             return None
+        finally:
+            self._waiters.discard(waiter)
         if frame is None:
             raise CameraClosed
         return frame
 
     def close(self) -> None:
-        """Release every waiter; used on shutdown."""
+        """Release every waiter with nothing; used on shutdown."""
         self._closed = True
-        if not self._next_frame.done():
-            self._next_frame.set_result(None)
+        self._release(None)
 
     @property
     def closed(self) -> bool:
@@ -801,6 +817,8 @@ async def index(request: web.Request) -> web.StreamResponse:
     """`/`: the viewer page, or a grid of cameras; mjpg-streamer's `?action=` aliases."""
     if request.query.get("action") == "snapshot":
         return await live_jpeg(request)
+    if request.query.get("action") == "stream":
+        return await stream_mjpeg(request)
     relay = request.app[RELAY]
     cameras = relay.cameras_with_frames()
     if len(cameras) > 1:
@@ -834,8 +852,7 @@ async def add_slash(request: web.Request) -> web.Response:
     raise web.HTTPFound(f"/cams/{camera_name(request)}/")
 
 
-async def status(request: web.Request) -> web.Response:
-    relay = request.app[RELAY]
+def camera_status(relay: Relay) -> dict[str, dict[str, float]]:
     now = time.time()
     cameras = {}
     for camera in relay.cameras_with_frames():
@@ -847,8 +864,296 @@ async def status(request: web.Request) -> web.Response:
             "viewers": camera.viewers.count(), "served": camera.served,
             "variants_made": camera.variants_made,
         }
-    body = {"uptime": round(now - relay.started, 3), "epoch": relay.epoch, "cameras": cameras}
+    return cameras
+
+
+async def status(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
+    body = {"uptime": round(time.time() - relay.started, 3), "epoch": relay.epoch,
+            "cameras": camera_status(relay)}
     return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+METRICS = (
+    # name, type, help, how to read it from a camera's /status entry
+    ("livecam_frame_seq", "gauge", "Sequence number of the newest frame.", "seq"),
+    ("livecam_frame_age_seconds", "gauge", "Seconds since the newest frame arrived.", "age"),
+    ("livecam_frame_bytes", "gauge", "Size of the newest frame.", "bytes"),
+    ("livecam_upload_fps", "gauge", "Frames uploaded per second, recently.", "fps"),
+    ("livecam_viewers", "gauge", "Connections watching now.", "viewers"),
+    ("livecam_frames_served_total", "counter", "Frames sent to viewers.", "served"),
+    ("livecam_variants_made_total", "counter", "Resized variants computed.", "variants_made"),
+)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """The /status figures in Prometheus' text format, for scraping."""
+    cameras = camera_status(request.app[RELAY])
+    lines = ["# HELP livecam_uptime_seconds Seconds since the server started.",
+             "# TYPE livecam_uptime_seconds gauge",
+             f"livecam_uptime_seconds {time.time() - request.app[RELAY].started:.3f}"]
+    for name, kind, help_text, key in METRICS:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        lines += [f'{name}{{camera="{camera}"}} {values[key]}'
+                  for camera, values in cameras.items()]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain",
+                        headers={"Cache-Control": "no-store"})
+
+
+# ---------------------------------------------------------------------------
+# 4b. Streams: MJPEG and WebSocket
+# ---------------------------------------------------------------------------
+
+BOUNDARY = "livecamframe"
+STREAM_REPEAT_AFTER = 1.0  # seconds of camera silence before the last frame is sent again
+STREAM_SEND_BUFFER = 64 * 1024  # kernel send buffer of a stream viewer's socket
+WS_CLOSE_TIMEOUT = 1.0  # how long a closing WebSocket waits for the peer's close frame
+WS_HEARTBEAT = 30.0  # ping so a vanished peer is noticed
+
+MJPEG_HEADERS = {
+    "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+    "Cache-Control": "no-store, no-cache, must-revalidate, max-age=0",
+    "Pragma": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: pass each part on at once
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+class Streams:
+    """The open streams of one server, so that shutdown ends each of them promptly.
+
+    A stream waiting for a frame ends by itself when its camera closes. This registry does
+    the rest: `?fps=` pauses end early, WebSockets get a going-away close, and a viewer whose
+    socket is stalled (its handler waits for a drain that will not come) is cut off.
+    """
+
+    def __init__(self) -> None:
+        self.closing = asyncio.Event()
+        self.transports: set[asyncio.BaseTransport] = set()
+        self.websockets: set[web.WebSocketResponse] = set()
+        self._parts: dict[tuple[str, int], tuple[Frame, bytes]] = {}
+
+    @contextlib.contextmanager
+    def opened(self, request: web.Request,
+               websocket: web.WebSocketResponse | None = None) -> Iterator[None]:
+        transport = request.transport
+        if transport is not None:
+            self.transports.add(transport)
+        if websocket is not None:
+            self.websockets.add(websocket)
+        try:
+            yield
+        finally:
+            self.transports.discard(transport)
+            self.websockets.discard(websocket)
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep between frames of an `?fps=` stream, but not past shutdown."""
+        if seconds > 0 and not self.closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self.closing.wait()
+
+    def mjpeg_part(self, camera: Camera, frame: Frame) -> bytes:
+        """One multipart part, built once per frame and shared by every viewer.
+
+        The closing boundary follows the JPEG at once (as ustreamer does), so a browser
+        shows the frame now rather than when the next part begins.
+        """
+        key = (camera.name, frame.width)
+        cached = self._parts.get(key)
+        if cached is not None and cached[0] is frame:
+            return cached[1]
+        head = (f"Content-Type: image/jpeg\r\nContent-Length: {len(frame.jpeg)}\r\n"
+                f"X-Frame-Seq: {frame.seq}\r\nX-Timestamp: {frame.timestamp:.6f}\r\n\r\n")
+        part = b"".join((head.encode(), frame.jpeg, f"\r\n--{BOUNDARY}\r\n".encode()))
+        self._parts[key] = (frame, part)
+        return part
+
+    async def close(self) -> None:
+        self.closing.set()
+        for transport in list(self.transports):
+            if isinstance(transport, asyncio.WriteTransport) and (
+                    transport.get_write_buffer_size()):
+                transport.abort()
+        await asyncio.gather(*(
+            websocket.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down",
+                            drain=False)
+            for websocket in list(self.websockets)), return_exceptions=True)
+
+
+STREAMS = web.AppKey("streams", Streams)
+
+
+async def close_streams(app: web.Application) -> None:
+    """on_shutdown, after the cameras closed: no stream may hold shutdown up."""
+    await app[STREAMS].close()
+
+
+def bound_send_buffers(request: web.Request) -> None:
+    """Keep at most about one frame in flight to a stream viewer, however slow it reads.
+
+    aiohttp waits for a slow socket only after 64 KiB are queued, and the kernel lets a send
+    buffer grow to megabytes. A small SO_SNDBUF bounds the kernel's share; a write buffer
+    limit of zero makes the transport report "paused" while anything is queued, so
+    `drain()` returns only once the previous frame has left the process.
+    """
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
+    transport.set_write_buffer_limits(high=0)
+
+
+def check_stream_width(request: web.Request, camera: Camera) -> None:
+    """Reject a bad `?width=` while the answer can still be a plain HTTP error."""
+    if camera.frame is not None:
+        requested_width(request, camera.frame)
+
+
+async def pump_frames(request: web.Request, camera: Camera,
+                      send: Callable[[Frame], Awaitable[None]]) -> None:
+    """Feed one stream viewer until the server shuts down.
+
+    Newest wins: `send` returns only when the viewer took the frame, and then the viewer
+    gets the newest frame, so a slow viewer skips frames instead of queueing them. At most
+    `?fps=` frames a second; after a second of camera silence the last frame is sent
+    again, so clients and proxies do not time out.
+    """
+    fps = query_number(request, "fps", int, 1)
+    min_gap = 1 / fps if fps else 0.0
+    streams = request.app[STREAMS]
+    loop = asyncio.get_running_loop()
+    seq = 0
+    while not camera.closed:
+        try:
+            frame = await camera.wait_for_newer(seq, STREAM_REPEAT_AFTER) or camera.frame
+        except CameraClosed:
+            return
+        if frame is None:
+            continue
+        seq, started = frame.seq, loop.time()
+        await send(await sized(request, camera, frame))
+        camera.served += 1
+        await streams.pause(min_gap - (loop.time() - started))
+
+
+async def stream_mjpeg(request: web.Request) -> web.StreamResponse:
+    """`/stream.mjpg`: one JPEG part per frame, for <img>, VLC, ffmpeg and Home Assistant."""
+    camera = viewed_camera(request)
+    check_stream_width(request, camera)
+    query_number(request, "fps", int, 1)
+    response = web.StreamResponse(headers=MJPEG_HEADERS)
+    if request.app[SETTINGS].allow_origin:
+        response.headers["Access-Control-Allow-Origin"] = request.app[SETTINGS].allow_origin
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    bound_send_buffers(request)
+    streams = request.app[STREAMS]
+
+    async def send(frame: Frame) -> None:
+        await response.write(streams.mjpeg_part(camera, frame))
+        await request.writer.drain()
+
+    with (
+        contextlib.suppress(ConnectionError, HTTPError),  # gone, or a bad ?width=
+        streams.opened(request),
+        camera.viewers.holding(connection_id(request)),
+    ):
+        await response.write(f"--{BOUNDARY}\r\n".encode())
+        await pump_frames(request, camera, send)
+    return response
+
+
+def frame_summary(frame: Frame) -> str:
+    """The JSON text message that precedes each JPEG on the viewer WebSocket."""
+    return json.dumps({"seq": frame.seq, "timestamp": frame.timestamp,
+                       "age": frame.age_ms() / 1000, "width": frame.width,
+                       "height": frame.height, "bytes": len(frame.jpeg)})
+
+
+async def ws_viewer(request: web.Request) -> web.WebSocketResponse:
+    """`/ws`: per frame a JSON text message (seq, timestamp, age), then the JPEG as binary.
+
+    Sending and reading run side by side: reading answers pings and notices the close.
+    """
+    camera = viewed_camera(request)
+    check_stream_width(request, camera)
+    query_number(request, "fps", int, 1)
+    ws = web.WebSocketResponse(compress=False, writer_limit=0, timeout=WS_CLOSE_TIMEOUT,
+                               heartbeat=WS_HEARTBEAT, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    bound_send_buffers(request)
+
+    async def send(frame: Frame) -> None:
+        await ws.send_str(frame_summary(frame))
+        await ws.send_bytes(frame.jpeg)
+
+    code, reason = WSCloseCode.GOING_AWAY, b"server shutting down"
+    with request.app[STREAMS].opened(request, ws), \
+            camera.viewers.holding(connection_id(request)):
+        try:
+            await first_to_finish(pump_frames(request, camera, send), read_until_closed(ws))
+        except ConnectionError:
+            pass
+        except HTTPError as error:  # a bad ?width= found with the first frame
+            code, reason = WSCloseCode.POLICY_VIOLATION, error.text.strip().encode()[:120]
+    await ws.close(code=code, message=reason)
+    return ws
+
+
+async def read_until_closed(ws: web.WebSocketResponse) -> None:
+    async for _message in ws:
+        pass  # a viewer has nothing to say
+
+
+async def first_to_finish(*coroutines: Awaitable[None]) -> None:
+    """Run side by side until one returns or fails; cancel the others, re-raise its error."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()
+
+
+async def ws_upload(request: web.Request) -> web.WebSocketResponse:
+    """`/upload/ws`: a camera's lasting connection; each binary message is one frame.
+
+    The password is checked before the upgrade, so a wrong one is a plain 401.
+    """
+    relay = request.app[RELAY]
+    name = camera_name(request)
+    check_password(request, name)
+    ws = web.WebSocketResponse(compress=False, timeout=WS_CLOSE_TIMEOUT,
+                               heartbeat=WS_HEARTBEAT, max_msg_size=relay.settings.max_frame_bytes)
+    await ws.prepare(request)
+    with request.app[STREAMS].opened(request, ws):
+        async for message in ws:
+            if message.type is WSMsgType.ERROR:
+                break
+            with contextlib.suppress(ConnectionError):
+                await ws.send_json(accept_message(relay, name, message))
+    return ws
+
+
+def accept_message(relay: Relay, name: str, message: WSMessage) -> dict:
+    """One WebSocket message as an upload: the checks of HTTP uploads, the answer in JSON."""
+    if message.type is not WSMsgType.BINARY:
+        return {"error": "text message: send each JPEG frame as one binary message",
+                "status": 415}
+    try:
+        camera, frame = relay.accept(name, message.data)
+    except FrameRejected as rejected:
+        return {"error": rejected.reason, "status": rejected.status}
+    return {"seq": frame.seq, "viewers": camera.viewers.count()}
 
 
 # ---------------------------------------------------------------------------
@@ -905,7 +1210,9 @@ def create_app(settings: Settings) -> web.Application:
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"),
                          autoescape=True)
     app.cleanup_ctx.append(relay_context)
+    app[STREAMS] = Streams()
     app.on_shutdown.append(release_viewers)
+    app.on_shutdown.append(close_streams)
     add_routes(app)
     return app
 
@@ -916,11 +1223,15 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/", upload)  # the tutorial's `POST /?password=`
     router.add_get("/test", tutorial_test_page)
     router.add_get("/status", status)
+    router.add_get("/metrics", metrics)
     for prefix in ("", "/cams/{camera}"):
         router.add_post(prefix + "/upload", upload)
         router.add_get(prefix + "/live.jpeg", live_jpeg)
         router.add_get(prefix + r"/live{box_width:\d+}x{box_height:\d+}.jpeg", live_jpeg)
         router.add_get(prefix + "/next.jpeg", next_jpeg)
+        router.add_get(prefix + "/stream.mjpg", stream_mjpeg)
+        router.add_get(prefix + "/ws", ws_viewer)
+        router.add_get(prefix + "/upload/ws", ws_upload)
     router.add_get("/cams/{camera}/", camera_page)
     router.add_get("/cams/{camera}", add_slash)
     router.add_static("/static/", HERE / "static")

@@ -409,3 +409,14 @@ def test_without_a_password_one_is_generated_beside_the_database(tmp_path):
     log = server.log()
     assert str(secret_file) in log and "uploader.py --url" in log
     assert password not in log
+
+
+async def test_metrics_are_prometheus_text_per_camera(client, auth):
+    await client.post("/cams/yard/upload", data=make_jpeg(), headers=auth)
+    await client.get("/cams/yard/live.jpeg")
+    response = await client.get("/metrics")
+    assert response.status == 200 and response.content_type == "text/plain"
+    lines = (await response.text()).splitlines()
+    assert 'livecam_frame_seq{camera="yard"} 1' in lines
+    assert 'livecam_frames_served_total{camera="yard"} 1' in lines
+    assert "# TYPE livecam_viewers gauge" in lines
