@@ -621,7 +621,7 @@ SETTINGS = web.AppKey("settings", Settings)
 
 PAGE_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+        "default-src 'self'; img-src 'self' blob:; connect-src 'self'; "
         "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
         "frame-ancestors 'self'; form-action 'none'"),
     "X-Content-Type-Options": "nosniff",
@@ -822,19 +822,28 @@ async def index(request: web.Request) -> web.StreamResponse:
     relay = request.app[RELAY]
     cameras = relay.cameras_with_frames()
     if len(cameras) > 1:
-        return page("grid.html", request, {"cameras": [camera.name for camera in cameras]})
+        return page("grid.html", request, {"cameras": [camera.name for camera in cameras],
+                                           "sizes": list(request.app[SETTINGS].sizes)})
     return viewer_page(request, DEFAULT_CAMERA)
 
 
 async def camera_page(request: web.Request) -> web.StreamResponse:
-    camera = viewed_camera(request)
-    return viewer_page(request, camera.name)
+    """A camera's page; before its first upload a 404 that still shows how to start one."""
+    name = camera_name(request)
+    response = viewer_page(request, name)
+    if request.app[RELAY].camera(name) is None:
+        response.set_status(404)
+    return response
 
 
 def viewer_page(request: web.Request, camera: str) -> web.Response:
     base = "" if camera == DEFAULT_CAMERA else f"/cams/{camera}"
     sizes = list(request.app[SETTINGS].sizes)
     return page("viewer.html", request, {"camera": camera, "base": base, "sizes": sizes})
+
+
+async def favicon(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(HERE / "static" / "favicon.ico")
 
 
 def page(template: str, request: web.Request, context: dict) -> web.Response:
@@ -1224,6 +1233,7 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/test", tutorial_test_page)
     router.add_get("/status", status)
     router.add_get("/metrics", metrics)
+    router.add_get("/favicon.ico", favicon)
     for prefix in ("", "/cams/{camera}"):
         router.add_post(prefix + "/upload", upload)
         router.add_get(prefix + "/live.jpeg", live_jpeg)

@@ -62,6 +62,8 @@ async def test_a_camera_that_never_uploaded_is_404_on_every_viewing_route(client
         response = await client.get(f"/cams/nobody/{path}")
         assert response.status == 404, path
         assert "nobody" in await response.text()
+    page = await client.get("/cams/nobody/")  # still says how to start that camera
+    assert "--camera nobody" in await page.text()
 
 
 async def test_the_camera_cap_is_403_and_existing_cameras_keep_working(aiohttp_client,
