@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 # ---------------------------------------------------------------------------
 
 DEFAULT_CAMERA = "default"
-CAMERA_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+CAMERA_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # uploader.py checks the same rule
 DEFAULT_SIZES = (160, 320, 480, 640, 800, 1024, 1280, 1920)
 MiB = 1024 * 1024
 
@@ -940,7 +940,7 @@ class Streams:
         self.closing = asyncio.Event()
         self.transports: set[asyncio.BaseTransport] = set()
         self.websockets: set[web.WebSocketResponse] = set()
-        self._parts: dict[tuple[str, int], tuple[Frame, bytes]] = {}
+        self._parts: dict[tuple[str, int, int], tuple[Frame, bytes]] = {}
 
     @contextlib.contextmanager
     def opened(self, request: web.Request,
@@ -967,12 +967,15 @@ class Streams:
         """One multipart part, built once per frame and shared by every viewer.
 
         The closing boundary follows the JPEG at once (as ustreamer does), so a browser
-        shows the frame now rather than when the next part begins.
+        shows the frame now rather than when the next part begins. Only the parts of a
+        camera's newest seq (the frame and its resized variants) are kept.
         """
-        key = (camera.name, frame.width)
+        key = (camera.name, frame.seq, frame.width)
         cached = self._parts.get(key)
         if cached is not None and cached[0] is frame:
             return cached[1]
+        for stale in [k for k in self._parts if k[0] == camera.name and k[1] != frame.seq]:
+            del self._parts[stale]
         head = (f"Content-Type: image/jpeg\r\nContent-Length: {len(frame.jpeg)}\r\n"
                 f"X-Frame-Seq: {frame.seq}\r\nX-Timestamp: {frame.timestamp:.6f}\r\n\r\n")
         part = b"".join((head.encode(), frame.jpeg, f"\r\n--{BOUNDARY}\r\n".encode()))
@@ -980,6 +983,7 @@ class Streams:
         return part
 
     async def close(self) -> None:
+        """on_shutdown: end pauses, cut stalled sockets, close WebSockets as going away."""
         self.closing.set()
         for transport in list(self.transports):
             if isinstance(transport, asyncio.WriteTransport) and (
@@ -1024,15 +1028,14 @@ def check_stream_width(request: web.Request, camera: Camera) -> None:
 
 
 async def pump_frames(request: web.Request, camera: Camera,
-                      send: Callable[[Frame], Awaitable[None]]) -> None:
+                      send: Callable[[Frame], Awaitable[None]], fps: float | None) -> None:
     """Feed one stream viewer until the server shuts down.
 
     Newest wins: `send` returns only when the viewer took the frame, and then the viewer
     gets the newest frame, so a slow viewer skips frames instead of queueing them. At most
-    `?fps=` frames a second; after a second of camera silence the last frame is sent
+    `fps` frames a second; after a second of camera silence the last frame is sent
     again, so clients and proxies do not time out.
     """
-    fps = query_number(request, "fps", int, 1)
     min_gap = 1 / fps if fps else 0.0
     streams = request.app[STREAMS]
     loop = asyncio.get_running_loop()
@@ -1054,7 +1057,7 @@ async def stream_mjpeg(request: web.Request) -> web.StreamResponse:
     """`/stream.mjpg`: one JPEG part per frame, for <img>, VLC, ffmpeg and Home Assistant."""
     camera = viewed_camera(request)
     check_stream_width(request, camera)
-    query_number(request, "fps", int, 1)
+    fps = query_number(request, "fps", int, 1)
     response = web.StreamResponse(headers=MJPEG_HEADERS)
     if request.app[SETTINGS].allow_origin:
         response.headers["Access-Control-Allow-Origin"] = request.app[SETTINGS].allow_origin
@@ -1074,7 +1077,7 @@ async def stream_mjpeg(request: web.Request) -> web.StreamResponse:
         camera.viewers.holding(connection_id(request)),
     ):
         await response.write(f"--{BOUNDARY}\r\n".encode())
-        await pump_frames(request, camera, send)
+        await pump_frames(request, camera, send, fps)
     return response
 
 
@@ -1092,7 +1095,7 @@ async def ws_viewer(request: web.Request) -> web.WebSocketResponse:
     """
     camera = viewed_camera(request)
     check_stream_width(request, camera)
-    query_number(request, "fps", int, 1)
+    fps = query_number(request, "fps", int, 1)
     ws = web.WebSocketResponse(compress=False, writer_limit=0, timeout=WS_CLOSE_TIMEOUT,
                                heartbeat=WS_HEARTBEAT, max_msg_size=64 * 1024)
     await ws.prepare(request)
@@ -1103,21 +1106,26 @@ async def ws_viewer(request: web.Request) -> web.WebSocketResponse:
         await ws.send_bytes(frame.jpeg)
 
     code, reason = WSCloseCode.GOING_AWAY, b"server shutting down"
-    with request.app[STREAMS].opened(request, ws), \
-            camera.viewers.holding(connection_id(request)):
-        try:
-            await first_to_finish(pump_frames(request, camera, send), read_until_closed(ws))
-        except ConnectionError:
-            pass
-        except HTTPError as error:  # a bad ?width= found with the first frame
-            code, reason = WSCloseCode.POLICY_VIOLATION, error.text.strip().encode()[:120]
+    try:
+        with (
+            request.app[STREAMS].opened(request, ws),
+            camera.viewers.holding(connection_id(request)),
+        ):
+            await first_to_finish(pump_frames(request, camera, send, fps),
+                                  read_until_closed(ws))
+    except ConnectionError:
+        pass
+    except HTTPError as error:  # a bad ?width= found with the first frame
+        code, reason = WSCloseCode.POLICY_VIOLATION, error.text.strip().encode()[:120]
     await ws.close(code=code, message=reason)
     return ws
 
 
 async def read_until_closed(ws: web.WebSocketResponse) -> None:
+    """A viewer has nothing to say; reading answers its pings and notices its close."""
     async for _message in ws:
-        pass  # a viewer has nothing to say
+        pass
+    raise ConnectionResetError("the viewer closed the WebSocket")  # stops counting at once
 
 
 async def first_to_finish(*coroutines: Awaitable[None]) -> None:
@@ -1287,7 +1295,9 @@ async def run_demo(url: str, password: str) -> None:
 
     options = uploader.Options(url=url.rstrip("/"), password=password, source="demo",
                                quiet=True)
-    await uploader.run(options)
+    status = await uploader.run(options)
+    if status:
+        log.error("demo camera stopped (exit status %d); see the messages above", status)
 
 
 def print_camera_hint(settings: Settings, args: argparse.Namespace) -> None:
