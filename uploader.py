@@ -13,7 +13,7 @@ Sections, in the order a frame travels:
 1. options and command line;
 2. frame sources: demo, files, Pi camera (and its timestamp overlay);
 3. the hand-over: pace (how fast to capture) and the newest-frame slot;
-4. upload: session, retries, status line;
+4. upload: transports (a POST per frame, or one WebSocket), retries, status line;
 5. run() and main().
 """
 
@@ -27,6 +27,7 @@ import importlib
 import importlib.util
 import io
 import ipaddress
+import json
 import logging
 import math
 import os
@@ -85,7 +86,7 @@ class Options:
     width: int = 1280
     height: int = 720
     quality: int = 80
-    transport: str = "http"  # "ws" arrives with the streams issue
+    transport: str = "http"  # http: a POST per frame; ws: one lasting WebSocket
     hflip: bool = False
     vflip: bool = False
     rotate: int = 0
@@ -129,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--quality", type=int, default=default.quality, metavar="Q",
         help="JPEG quality 1-95 (default: %(default)s)")
     add("--transport", choices=("http", "ws"), default=default.transport,
-        help="http: one POST per frame (default); ws is not implemented yet and falls back to http")
+        help="http: one POST per frame (default); ws: one lasting WebSocket to /upload/ws, "
+        "a message per frame (same retries, same answers)")
     add("--hflip", action="store_true", help="mirror left-right (the camera's own transform)")
     add("--vflip", action="store_true", help="flip upside down (the camera's own transform)")
     add("--rotate", type=int, choices=(0, 180), default=default.rotate,
@@ -189,6 +191,8 @@ def check_options(options: Options) -> None:
     if options.camera is not None and not CAMERA_NAME.fullmatch(options.camera):
         raise ConfigError(f"--camera {options.camera!r}: use 1-32 of a-z 0-9 _ -, "
                           "starting with a letter or digit")
+    if options.transport not in ("http", "ws"):
+        raise ConfigError(f"--transport {options.transport!r}: use http or ws")
     if options.bench is None and URL(options.url).scheme not in ("http", "https"):
         raise ConfigError(f"--url must start with http:// or https://, not {options.url!r}")
 
@@ -626,47 +630,131 @@ def describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-class Uploader:
-    """POSTs frames over one keep-alive session and follows the server's answers."""
+class Transport(Protocol):
+    """How frames reach the server; everything else (retries, stats, idle) is the Uploader's.
 
-    def __init__(self, session: aiohttp.ClientSession, options: Options, pace: Pace) -> None:
+    `send()` returns the server's answer in the WebSocket's JSON shape: {"seq", "viewers", ...}
+    when the frame was accepted, {"error", "status"} when it was not; failures to get an
+    answer are raised (aiohttp errors, TimeoutError, ServerTrouble).
+    """
+
+    url: URL
+
+    async def send(self, frame: bytes) -> object: ...
+
+    async def close(self) -> None: ...
+
+
+class HttpTransport:
+    """One POST per frame, over the session's keep-alive connection."""
+
+    def __init__(self, session: aiohttp.ClientSession, options: Options) -> None:
         self.session = session
-        self.options = options
-        self.pace = pace
         self.url = upload_url(options)
         self.headers = {"Authorization": f"Bearer {options.password}",
                         "Content-Type": "image/jpeg"}
+
+    async def send(self, frame: bytes) -> object:
+        async with self.session.post(self.url, data=frame, headers=self.headers,
+                                     allow_redirects=False) as response:
+            if response.status == 200:
+                return await response.json(content_type=None)
+            text = (await response.text()).strip()
+            return {"error": text.splitlines()[0] if text else response.reason,
+                    "status": response.status, "location": response.headers.get("Location")}
+
+    async def close(self) -> None:
+        """The session owns the connection."""
+
+
+class WebSocketTransport:
+    """One lasting WebSocket to /upload/ws: a binary message per frame, a JSON answer to each.
+
+    Connects on the first frame and again on the first frame after any failure, so the
+    Uploader's backoff decides when to reconnect. The server closes with 1001 when it shuts
+    down (retried like a refused connection) and 1009 when a frame is over its limit
+    (answered like HTTP's 413).
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, options: Options) -> None:
+        self.session = session
+        self.timeout = options.timeout
+        url = upload_url(options)
+        self.url = url.with_scheme({"http": "ws", "https": "wss"}[url.scheme]) / "ws"
+        self.headers = {"Authorization": f"Bearer {options.password}"}
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+
+    async def send(self, frame: bytes) -> object:
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self._ws is None:
+                    self._ws = await self.session.ws_connect(
+                        self.url, headers=self.headers, compress=0, heartbeat=30.0,
+                        timeout=aiohttp.ClientWSTimeout(ws_close=1.0))
+                await self._ws.send_bytes(frame)
+                message = await self._ws.receive()
+        except aiohttp.WSServerHandshakeError as refused:
+            if refused.status != 401:
+                raise ServerTrouble(f"{refused.status} at the WebSocket handshake") from None
+            return {"error": "wrong password at the WebSocket handshake", "status": 401}
+        except BaseException:
+            await self.close()
+            raise
+        if message.type is aiohttp.WSMsgType.TEXT:
+            return json.loads(message.data)
+        await self.close()
+        code = message.data if message.type is aiohttp.WSMsgType.CLOSE else "connection lost"
+        if code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+            return {"error": f"frame too large for the WebSocket ({message.extra})",
+                    "status": 413}
+        if code == aiohttp.WSCloseCode.GOING_AWAY:
+            raise ServerTrouble("the server is shutting down")
+        raise ServerTrouble(f"the WebSocket closed without an answer ({code})")
+
+    async def close(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
+
+
+class Uploader:
+    """Sends frames through its transport and follows the server's answers."""
+
+    def __init__(self, session: aiohttp.ClientSession, options: Options, pace: Pace) -> None:
+        self.options = options
+        self.pace = pace
+        kind = WebSocketTransport if options.transport == "ws" else HttpTransport
+        self.transport: Transport = kind(session, options)
+        self.url = self.transport.url
         self.stats = UploadStats()
         self._refused: str | None = None
 
     async def upload(self, frame: bytes) -> None:
         """Send one frame; raise CannotRetry/ServerTrouble, or aiohttp/timeout errors."""
         started = time.monotonic()
-        async with self.session.post(self.url, data=frame, headers=self.headers,
-                                     allow_redirects=False) as response:
-            if response.status == 200:
-                self._accepted(await response.json(content_type=None), len(frame),
-                               time.monotonic() - started)
-                return
-            text = (await response.text()).strip()
-            reason = f"{response.status} {text.splitlines()[0] if text else response.reason}"
-        if response.status == 401:
+        answer = await self.transport.send(frame)
+        if not isinstance(answer, dict):
+            raise ServerTrouble("the answer to an upload is not livecam's JSON")
+        if "error" not in answer:
+            self._accepted(answer, len(frame), time.monotonic() - started)
+            return
+        status = answer.get("status")
+        reason = f"{status} {answer['error']}"
+        if status == 401:
             raise CannotRetry(f"the server refused the password ({reason}): check "
                               "LIVECAM_PASSWORD or --password-file")
-        if 300 <= response.status < 400:
+        if isinstance(status, int) and 300 <= status < 400:
             raise CannotRetry(f"the server redirects uploads to "
-                              f"{response.headers.get('Location', '?')} ({response.status}): "
+                              f"{answer.get('location') or '?'} ({status}): "
                               "give that address as --url")
-        if response.status not in (400, 413, 415):
+        if status not in (400, 413, 415):
             raise ServerTrouble(reason)
         # This frame was refused; the next one may be fine. Said once per run of refusals.
         if reason != self._refused:
             log.warning("frame of %d bytes refused: %s", len(frame), reason)
         self._refused = self.stats.last_error = reason
 
-    def _accepted(self, answer: object, size: int, rtt: float) -> None:
-        if not isinstance(answer, dict):
-            raise ServerTrouble("the answer to an upload is not livecam's JSON")
+    def _accepted(self, answer: dict, size: int, rtt: float) -> None:
         viewers = answer.get("viewers")
         stats = self.stats
         stats.sent, stats.sent_bytes, stats.rtt = stats.sent + 1, stats.sent_bytes + size, rtt
@@ -790,9 +878,6 @@ async def run(options: Options) -> int:
         return EXIT_CONFIG
     if options.bench is not None:
         return await bench(source, options)
-    if options.transport != "http":
-        log.warning("--transport %s is not implemented yet; uploading over http",
-                    options.transport)
     await warn_if_password_exposed(options.url)
     pace = Pace(options.fps, options.idle_fps)
     slot = FrameSlot()
@@ -813,6 +898,7 @@ async def run(options: Options) -> int:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await uploader.transport.close()
         if uploading.done() and not uploading.cancelled():
             return uploading.result()
         error = capturing.exception()

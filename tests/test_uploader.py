@@ -29,6 +29,7 @@ import uploader
 
 FAKE_PICAMERA2 = ROOT / "tests" / "fake_picamera2"
 SMALL = {"width": 160, "height": 120}
+TRANSPORTS = ["http", "ws"]  # one POST per frame, or one lasting WebSocket: same behaviour
 
 
 @contextlib.asynccontextmanager
@@ -123,9 +124,11 @@ async def finish(process: asyncio.subprocess.Process, seconds: float = 20) -> tu
 # --- the demo source and the server ---------------------------------------------------------
 
 
-async def test_demo_source_keeps_the_server_fed_and_seq_advances(tmp_path):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_demo_source_keeps_the_server_fed_and_seq_advances(tmp_path, transport):
     async with (livecam_server(tmp_path / "cam.db") as base, aiohttp.ClientSession() as http,
-                uploading(demo_options(base, fps=20)), watching(http, base) as frames):
+                uploading(demo_options(base, fps=20, transport=transport)),
+                watching(http, base) as frames):
         first = await wait_for_seq(http, base, 0)
         await wait_for_seq(http, base, first + 5)
         async with http.get(f"{base}/live.jpeg") as response:
@@ -147,11 +150,13 @@ async def test_uploads_to_a_named_camera_with_camera_flag(tmp_path):
         assert await current_seq(http, base) == 0, "nothing went to the default camera"
 
 
-async def test_uploader_resumes_by_itself_after_the_server_restarts(tmp_path, caplog):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_uploader_resumes_by_itself_after_the_server_restarts(tmp_path, caplog,
+                                                                    transport):
     caplog.set_level(logging.INFO, logger="uploader")
     db, port = tmp_path / "cam.db", free_port()
-    async with aiohttp.ClientSession() as http, uploading(
-            demo_options(f"http://127.0.0.1:{port}", fps=20, idle_fps=20)) as task:
+    async with aiohttp.ClientSession() as http, uploading(demo_options(
+            f"http://127.0.0.1:{port}", fps=20, idle_fps=20, transport=transport)) as task:
         async with livecam_server(db, port) as base:
             before_stop = await wait_for_seq(http, base, 2)
         stopped_at = len(caplog.records)
@@ -166,10 +171,12 @@ async def test_uploader_resumes_by_itself_after_the_server_restarts(tmp_path, ca
     assert any("uploading again" in m for m in since_stop)
 
 
-async def test_wrong_password_exits_with_status_2(tmp_path):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_wrong_password_exits_with_status_2(tmp_path, transport):
     async with livecam_server(tmp_path / "cam.db") as base:
         process = await run_cli("--url", base, "--source", "demo", "--width", "160",
-                                "--height", "120", env={"LIVECAM_PASSWORD": "wrong"})
+                                "--height", "120", "--transport", transport,
+                                env={"LIVECAM_PASSWORD": "wrong"})
         status, output = await finish(process)
     assert status == 2
     assert "password" in output
@@ -212,8 +219,10 @@ async def test_sigterm_stops_the_cli_cleanly(tmp_path):
     assert "Traceback" not in output
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_an_oversized_frame_is_reported_with_its_size_and_the_next_one_goes(tmp_path,
-                                                                                caplog):
+                                                                                caplog,
+                                                                                transport):
     caplog.set_level(logging.INFO, logger="uploader")
     big, small = make_jpeg(200, 200, noise=True), make_jpeg()
     (tmp_path / "1-big.jpg").write_bytes(big)
@@ -221,7 +230,8 @@ async def test_an_oversized_frame_is_reported_with_its_size_and_the_next_one_goe
     limit = len(big) - 1
     async with (livecam_server(tmp_path / "cam.db", max_frame_bytes=limit) as base,
                 aiohttp.ClientSession() as http, watching(http, base),
-                uploading(demo_options(base, source=f"files:{tmp_path}/*.jpg", fps=20))):
+                uploading(demo_options(base, source=f"files:{tmp_path}/*.jpg", fps=20,
+                                       transport=transport))):
         await wait_for_seq(http, base, 3)  # every small frame after a big one gets through
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert refusals[0].startswith(f"frame of {len(big)} bytes refused: 413 ")
@@ -441,3 +451,25 @@ async def test_warns_when_the_password_would_cross_the_internet_in_clear(url, wa
     caplog.set_level(logging.WARNING, logger="uploader")
     await uploader.warn_if_password_exposed(url)
     assert any("plain http" in r.getMessage() for r in caplog.records) == warned
+
+
+# --- refused frames, over either transport ----------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_file_that_is_not_a_jpeg_is_refused_and_the_next_one_goes(tmp_path, caplog,
+                                                                          transport):
+    caplog.set_level(logging.INFO, logger="uploader")
+    not_jpeg = b"GIF89a this is no JPEG\n" * 20
+    (tmp_path / "1-wrong.jpg").write_bytes(not_jpeg)
+    (tmp_path / "2-right.jpg").write_bytes(make_jpeg())
+    async with (livecam_server(tmp_path / "cam.db") as base, aiohttp.ClientSession() as http,
+                watching(http, base) as frames,
+                uploading(demo_options(base, source=f"files:{tmp_path}/*.jpg", fps=20,
+                                       transport=transport)) as task):
+        await wait_for_seq(http, base, 3)  # the JPEG after each refused file gets through
+        assert not task.done()
+    assert frames and all(frame.startswith(b"\xff\xd8") for frame in frames)
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refusals[0].startswith(f"frame of {len(not_jpeg)} bytes refused: 415 ")
+    assert not any("failed" in r.getMessage() for r in caplog.records), "no retry, no backoff"
