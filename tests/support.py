@@ -50,7 +50,11 @@ class ServerProcess:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                             env=environment, cwd=ROOT)
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.__exit__()
+            raise
 
     def wait_ready(self, seconds: float = 15.0) -> None:
         deadline = time.monotonic() + seconds
