@@ -420,3 +420,23 @@ async def test_metrics_are_prometheus_text_per_camera(client, auth):
     assert 'livecam_frame_seq{camera="yard"} 1' in lines
     assert 'livecam_frames_served_total{camera="yard"} 1' in lines
     assert "# TYPE livecam_viewers gauge" in lines
+
+
+def test_demo_camera_feeds_the_server_through_the_upload_endpoint(tmp_path):
+    import json
+    import urllib.request
+
+    def default_camera(server: ServerProcess) -> dict:
+        with urllib.request.urlopen(server.url + "/status", timeout=5) as response:
+            return json.load(response)["cameras"].get("default", {})
+
+    with ServerProcess(tmp_path / "demo.db", "--demo") as server:
+        for _ in range(150):  # the demo sends a frame a second while nobody watches
+            if default_camera(server).get("seq", 0) >= 3:
+                break
+            time.sleep(0.1)
+        camera = default_camera(server)
+        assert camera["seq"] >= 3
+        assert (camera["width"], camera["height"]) == (1280, 720)
+        assert server.stop() == 0
+    assert "POST /upload" in server.log()
