@@ -37,6 +37,7 @@ from pathlib import Path
 import aiohttp_jinja2
 import jinja2
 from aiohttp import BodyPartReader, WSCloseCode, WSMessage, WSMsgType, web
+from aiohttp.web_log import AccessLogger
 from PIL import Image
 
 log = logging.getLogger("livecam")
@@ -1194,6 +1195,23 @@ if not any(isinstance(f, RedactPasswords) for f in access_log.filters):
     access_log.addFilter(RedactPasswords())
 
 
+class QuietFrameAccessLogger(AccessLogger):
+    """The access log, without a line for every frame that went well.
+
+    A camera uploads about ten frames a second and each viewer fetches as many: logged at
+    INFO they would bury everything else. They are logged when DEBUG is on; errors always.
+    """
+
+    FRAME_HANDLERS = frozenset({upload, live_jpeg, next_jpeg})
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if (response.status < 400 and not self.logger.isEnabledFor(logging.DEBUG)
+                and getattr(request, "match_info", None) is not None
+                and request.match_info.route.handler in self.FRAME_HANDLERS):
+            return
+        super().log(request, response, time)
+
+
 async def relay_context(app: web.Application) -> AsyncIterator[None]:
     """Open the database, restore the newest frames, and flush them on the way out."""
     settings = app[SETTINGS]
@@ -1221,6 +1239,7 @@ def create_app(settings: Settings) -> web.Application:
             # A viewer that hangs up stops waiting (and counting) at once.
             "handler_cancellation": True,
             "access_log": access_log if settings.access_log else None,
+            "access_log_class": QuietFrameAccessLogger,
         },
     )
     app[SETTINGS] = settings

@@ -367,6 +367,19 @@ async def test_password_never_reaches_the_logs(aiohttp_client, settings, caplog)
     assert PASSWORD not in caplog.text
 
 
+async def test_the_access_log_leaves_out_frames_that_went_well(aiohttp_client, settings,
+                                                               caplog, auth):
+    caplog.set_level(logging.INFO)
+    client = await aiohttp_client(livecam.create_app(settings))
+    await client.post("/upload", data=make_jpeg(), headers=auth)
+    await client.get("/live.jpeg")
+    await client.get("/status")
+    await client.post("/upload", data=b"junk", headers=auth)
+    lines = [r.getMessage() for r in caplog.records if r.name == "livecam.access"]
+    assert len(lines) == 2
+    assert '"GET /status ' in lines[0] and '"POST /upload ' in lines[1] and " 415 " in lines[1]
+
+
 def test_sigterm_answers_held_long_polls_and_flushes_the_frame(tmp_path):
     import urllib.request
 
@@ -439,4 +452,4 @@ def test_demo_camera_feeds_the_server_through_the_upload_endpoint(tmp_path):
         assert camera["seq"] >= 3
         assert (camera["width"], camera["height"]) == (1280, 720)
         assert server.stop() == 0
-    assert "POST /upload" in server.log()
+    assert "listening on" in server.log()
