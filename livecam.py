@@ -314,27 +314,75 @@ class Viewers:
     def saw(self, connection: int) -> None:
         self._last_seen[connection] = time.monotonic()
 
-    @contextlib.contextmanager
-    def holding(self, connection: int) -> Iterator[None]:
+    def holding(self, connection: int) -> Holding:
         """Count a connection while it waits; one that disconnects stops counting at once."""
+        return Holding(self, connection)
+
+    def _hold(self, connection: int) -> None:
         self._holding[connection] = self._holding.get(connection, 0) + 1
-        try:
-            yield
-        except BaseException:
+
+    def _release(self, connection: int, *, gone: bool) -> None:
+        if gone:
             self._last_seen.pop(connection, None)
-            raise
         else:
             self.saw(connection)
-        finally:
-            left = self._holding.pop(connection) - 1
-            if left:
-                self._holding[connection] = left
+        left = self._holding.pop(connection) - 1
+        if left:
+            self._holding[connection] = left
 
     def count(self) -> int:
         cutoff = time.monotonic() - self._window
         for connection in [c for c, seen in self._last_seen.items() if seen < cutoff]:
             del self._last_seen[connection]
         return len(self._holding) + sum(1 for c in self._last_seen if c not in self._holding)
+
+
+class Holding:
+    """`with viewers.holding(connection):` as a slotted object rather than a generator,
+    since thousands are held at once and each generator frame costs half a kilobyte."""
+
+    __slots__ = ("_connection", "_viewers")
+
+    def __init__(self, viewers: Viewers, connection: int) -> None:
+        self._viewers, self._connection = viewers, connection
+
+    def __enter__(self) -> None:
+        self._viewers._hold(self._connection)
+
+    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+        self._viewers._release(self._connection, gone=error_type is not None)
+
+
+TIMED_OUT = object()  # what a waiter's future holds when its time ran out
+
+
+class SharedTimeouts:
+    """Ends waits with one timer per tenth of a second, not one timer per waiter.
+
+    Thousands of long-polls each holding an `asyncio.timeout` cost a timer handle and a
+    context object apiece; grouped, they share one `call_at`.
+    """
+
+    TICK = 0.1
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._due: dict[int, set[asyncio.Future]] = {}
+
+    def add(self, waiter: asyncio.Future, delay: float) -> set[asyncio.Future]:
+        """Resolve `waiter` with TIMED_OUT after `delay` (rounded up to a tick)."""
+        tick = math.ceil((self._loop.time() + delay) / self.TICK)
+        due = self._due.get(tick)
+        if due is None:
+            due = self._due[tick] = set()
+            self._loop.call_at(tick * self.TICK, self._expire, tick)
+        due.add(waiter)
+        return due
+
+    def _expire(self, tick: int) -> None:
+        for waiter in self._due.pop(tick, ()):
+            if not waiter.done():
+                waiter.set_result(TIMED_OUT)
 
 
 class Camera:
@@ -355,6 +403,7 @@ class Camera:
         # (One shared future looks cheaper, but every waiter leaving it scans its callback
         # list: 10,000 long-polls timing out together cost a second of CPU.)
         self._waiters: set[asyncio.Future[Frame | None]] = set()
+        self._timeouts = SharedTimeouts()
         self._upload_times: deque[float] = deque(maxlen=32)
         self._variants: dict[int, asyncio.Future[Frame]] = {}
 
@@ -390,15 +439,18 @@ class Camera:
             return frame
         if self._closed:
             raise CameraClosed
+        if max_wait <= 0:
+            return None
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.add(waiter)
+        timing_out = self._timeouts.add(waiter, max_wait)
         try:
-            async with asyncio.timeout(max_wait):
-                frame = await waiter
-        except TimeoutError:
-            return None
+            frame = await waiter
         finally:
             self._waiters.discard(waiter)
+            timing_out.discard(waiter)
+        if frame is TIMED_OUT:
+            return None
         if frame is None:
             raise CameraClosed
         return frame
@@ -641,7 +693,9 @@ class HTTPError(web.HTTPException):
 
 
 def camera_name(request: web.Request) -> str:
-    name = request.match_info.get("camera", DEFAULT_CAMERA)
+    name = request.match_info.get("camera")
+    if name is None:  # an un-prefixed route
+        return DEFAULT_CAMERA
     if not CAMERA_NAME.fullmatch(name):
         raise HTTPError(400, "bad camera name: use 1-32 of a-z, 0-9, '_' and '-', "
                               "starting with a letter or digit")
@@ -748,6 +802,8 @@ def requested_width(request: web.Request, frame: Frame) -> int | None:
 
 
 async def sized(request: web.Request, camera: Camera, frame: Frame) -> Frame:
+    if not request.query_string and "box_width" not in request.match_info:
+        return frame  # the common case, kept cheap: no query to parse
     width = requested_width(request, frame)
     if width is None:
         return frame
@@ -758,9 +814,7 @@ async def sized(request: web.Request, camera: Camera, frame: Frame) -> Frame:
 
 
 def frame_response(frame: Frame, headers: Mapping[str, str]) -> web.Response:
-    response = web.Response(body=frame.jpeg, headers=headers)
-    response.headers["X-Frame-Age"] = str(frame.age_ms())
-    return response
+    return web.Response(body=frame.jpeg, headers={**headers, "X-Frame-Age": str(frame.age_ms())})
 
 
 async def live_jpeg(request: web.Request) -> web.Response:
