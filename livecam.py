@@ -628,6 +628,7 @@ class FrameStore:
     def _open(self, db: sqlite3.Connection) -> tuple[str, list[StoredFrame]]:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA cache_size=-256")  # 256 KiB: frames are written, read only at start
         db.executescript(SCHEMA)
         meta = dict(db.execute("SELECT key, value FROM meta"))
         epoch = meta.get("epoch")
