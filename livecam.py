@@ -27,6 +27,7 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future as ThreadFuture
@@ -157,7 +158,8 @@ def resolve_password(password_file: Path | None, db_path: Path) -> str:
 
 def read_secret(path: Path) -> str:
     try:
-        secret = path.read_text().splitlines()[0].strip() if path.read_text() else ""
+        secret = next((line.strip() for line in path.read_text().splitlines() if line.strip()),
+                      "")
     except OSError as error:
         raise SystemExit(f"cannot read password file {path}: {error.strerror}") from None
     if not secret:
@@ -200,6 +202,7 @@ class CameraClosed(Exception):
 SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7,
                          0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
+MAX_SEGMENTS_BEFORE_FRAME_HEADER = 256
 
 
 def inspect_jpeg(data: bytes) -> tuple[int, int]:
@@ -215,7 +218,9 @@ def inspect_jpeg(data: bytes) -> tuple[int, int]:
     if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
         raise FrameRejected(400, "truncated JPEG: no EOI marker FFD9 at the end")
     i, end = 2, len(data)
-    while i + 4 <= end:
+    for _ in range(MAX_SEGMENTS_BEFORE_FRAME_HEADER):  # real files need a few dozen
+        if i + 4 > end:
+            break
         if data[i] != 0xFF:
             break
         marker = data[i + 1]
@@ -242,7 +247,6 @@ def inspect_jpeg(data: bytes) -> tuple[int, int]:
 class HeaderPolicy:
     """What every frame response says besides the frame itself."""
 
-    allow_origin: str | None = None
     edge_cache: bool = True
 
 
@@ -276,10 +280,6 @@ class Frame:
             "X-Frame-Timestamp": f"{timestamp:.3f}",
             "X-Content-Type-Options": "nosniff",
         }
-        if policy.allow_origin:
-            common["Access-Control-Allow-Origin"] = policy.allow_origin
-            common["Access-Control-Expose-Headers"] = (
-                "ETag, X-Frame-Seq, X-Frame-Timestamp, X-Frame-Age")
         next_cache = EDGE_CACHE_CONTROL if policy.edge_cache else LIVE_CACHE_CONTROL
         return cls(seq, epoch, timestamp, jpeg, size[0], size[1], etag,
                    {**common, "Cache-Control": LIVE_CACHE_CONTROL},
@@ -366,16 +366,16 @@ class SharedTimeouts:
     TICK = 0.1
 
     def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._due: dict[int, set[asyncio.Future]] = {}
 
     def add(self, waiter: asyncio.Future, delay: float) -> set[asyncio.Future]:
         """Resolve `waiter` with TIMED_OUT after `delay` (rounded up to a tick)."""
-        tick = math.ceil((self._loop.time() + delay) / self.TICK)
+        loop = waiter.get_loop()
+        tick = math.ceil((loop.time() + delay) / self.TICK)
         due = self._due.get(tick)
         if due is None:
             due = self._due[tick] = set()
-            self._loop.call_at(tick * self.TICK, self._expire, tick)
+            loop.call_at(tick * self.TICK, self._expire, tick)
         due.add(waiter)
         return due
 
@@ -471,11 +471,14 @@ class Camera:
         return round((len(times) - 1) / (times[-1] - times[0]), 2)
 
     async def variant(self, frame: Frame, width: int) -> Frame:
-        """`frame` scaled to `width`: made once per frame and size, shared by all who ask."""
+        """The newest frame scaled to `width`: made once per frame and size, shared by all.
+
+        A viewer woken with an older frame gets the newest one's variant: as right an
+        answer for it, and shared instead of computed once more.
+        """
+        frame = self.frame or frame
         if width >= frame.width:
             return frame
-        if frame is not self.frame:  # an older frame: not worth caching
-            return await make_variant(frame, width, self.policy)
         task = self._variants.get(width)
         if task is None:
             task = asyncio.ensure_future(make_variant(frame, width, self.policy))
@@ -498,17 +501,25 @@ class Relay:
         self.store = store
         self.epoch = ""
         self.started = time.time()
-        self.policy = HeaderPolicy(settings.allow_origin, settings.edge_cache)
+        self.policy = HeaderPolicy(settings.edge_cache)
         self.cameras: dict[str, Camera] = {}
-        self.camera(DEFAULT_CAMERA, create=True)
+        self._add(DEFAULT_CAMERA)
 
-    def camera(self, name: str, *, create: bool = False) -> Camera | None:
+    def camera(self, name: str) -> Camera | None:
+        return self.cameras.get(name)
+
+    def uploading_camera(self, name: str) -> Camera:
+        """The camera a frame goes to; a new one (no frame yet) within `--max-cameras`."""
         camera = self.cameras.get(name)
-        if camera is None and create:
-            if len(self.cameras) >= self.settings.max_cameras:
+        if camera is None or camera.frame is None:
+            if len(self.cameras_with_frames()) >= self.settings.max_cameras:
                 raise FrameRejected(
                     403, f"camera limit reached: at most {self.settings.max_cameras} cameras")
-            camera = self.cameras[name] = Camera(name, self.policy, self.settings.viewer_window)
+            camera = camera or self._add(name)
+        return camera
+
+    def _add(self, name: str) -> Camera:
+        camera = self.cameras[name] = Camera(name, self.policy, self.settings.viewer_window)
         return camera
 
     def restore(self, epoch: str, rows: list[StoredFrame]) -> None:
@@ -516,7 +527,7 @@ class Relay:
         for row in rows:
             if not CAMERA_NAME.fullmatch(row.camera):
                 continue
-            camera = self.camera(row.camera, create=True)
+            camera = self.cameras.get(row.camera) or self._add(row.camera)  # even past the cap
             camera.frame = Frame.create(row.jpeg, row.seq, epoch, row.timestamp,
                                         (row.width, row.height), self.policy)
 
@@ -526,7 +537,7 @@ class Relay:
     def accept(self, camera_name: str, jpeg: bytes) -> tuple[Camera, Frame]:
         """Validate, number, publish and persist one uploaded frame."""
         size = inspect_jpeg(jpeg)
-        camera = self.camera(camera_name, create=True)
+        camera = self.uploading_camera(camera_name)
         frame = Frame.create(jpeg, camera.next_seq, self.epoch, time.time(), size, self.policy)
         camera.publish(frame)
         self.store.save(camera.name, frame)
@@ -611,7 +622,7 @@ class FrameStore:
     def _run(self, opened: ThreadFuture) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None)
+            db = sqlite3.connect(self.path)
             restored = self._open(db)
         except (sqlite3.Error, OSError) as error:
             opened.set_exception(error)
@@ -620,8 +631,11 @@ class FrameStore:
         try:
             while self._write_when_due(db):
                 pass
-            with db:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
+            if not self._pending:  # everything accepted is on disk: the epoch may stay
+                with db:
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
+        except sqlite3.Error as error:
+            log.error("cannot mark %s cleanly closed: %s", self.path, error)
         finally:
             db.close()
 
@@ -647,23 +661,28 @@ class FrameStore:
             self._wake.wait_for(lambda: self._pending or self._closing)
             batch, self._pending = self._pending, {}
             closing = self._closing
-        if batch:
-            self._write(db, batch)
+        if batch and not self._write(db, batch):
+            with self._wake:  # retried next time, unless a newer frame replaced it
+                self._pending = {**batch, **self._pending}
+            if closing:
+                return False
         if closing:
             return bool(self._pending)
         with self._wake:
             self._wake.wait_for(lambda: self._closing, timeout=self.interval)
         return True
 
-    def _write(self, db: sqlite3.Connection, batch: dict[str, Frame]) -> None:
+    def _write(self, db: sqlite3.Connection, batch: dict[str, Frame]) -> bool:
         try:
             with db:
                 db.executemany(
                     "INSERT OR REPLACE INTO frames VALUES (?, ?, ?, ?, ?, ?)",
                     [(camera, f.seq, f.timestamp, f.width, f.height, f.jpeg)
                      for camera, f in batch.items()])
-        except sqlite3.Error as error:  # keep serving from memory; the next write retries
+        except sqlite3.Error as error:  # keep serving from memory; the next turn retries
             log.error("cannot write frames to %s: %s", self.path, error)
+            return False
+        return True
 
 
 # ---------------------------------------------------------------------------
@@ -716,7 +735,8 @@ def is_authorized(request: web.Request, expected: str) -> bool:
         given = auth[7:].strip()
     if given is None:
         return False
-    return hmac.compare_digest(given.encode(), expected.encode())
+    return hmac.compare_digest(given.encode(errors="surrogateescape"),
+                               expected.encode(errors="surrogateescape"))
 
 
 def check_password(request: web.Request, camera: str) -> None:
@@ -725,17 +745,45 @@ def check_password(request: web.Request, camera: str) -> None:
                              "<password>'", {"WWW-Authenticate": 'Bearer realm="livecam"'})
 
 
+MULTIPART_HEADROOM = 64 * 1024  # a form's boundaries and part headers around the frame
+
+
+def check_declared_size(request: web.Request, limit: int) -> None:
+    """Refuse a body whose Content-Length already says it is too large."""
+    if request.content_type == "multipart/form-data":
+        limit += MULTIPART_HEADROOM
+    if request.content_length is not None and request.content_length > limit:
+        raise frame_too_large(request)
+
+
+def frame_too_large(request: web.Request) -> HTTPError:
+    limit = request.app[SETTINGS].max_frame_bytes
+    return HTTPError(413, f"frame too large: the limit is {limit} bytes")
+
+
+async def expect_upload(request: web.Request) -> None:
+    """`Expect: 100-continue`: say "continue" only to a camera that may send its body."""
+    check_password(request, camera_name(request))
+    check_declared_size(request, request.app[SETTINGS].max_frame_bytes)
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        raise HTTPError(417, "only 'Expect: 100-continue' is understood")
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
 async def read_upload(request: web.Request, limit: int) -> bytes:
     """The JPEG from a raw body (any content type) or from a multipart file field."""
-    too_large = HTTPError(413, f"frame too large: the limit is {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    if request.content_type == "multipart/form-data":
+    check_declared_size(request, limit)
+    too_large = frame_too_large(request)
+    if request.content_type != "multipart/form-data":
+        return await read_limited(request.content.readany, limit, too_large)
+    try:
         async for part in await request.multipart():
             if isinstance(part, BodyPartReader) and part.filename is not None:
                 return await read_limited(part.read_chunk, limit, too_large)
-        raise HTTPError(400, "multipart upload without a file field: send -F frame=@x.jpg")
-    return await read_limited(request.content.readany, limit, too_large)
+    except ValueError as error:  # no boundary, or not multipart at all
+        raise HTTPError(400, f"broken multipart upload: {error}") from None
+    raise HTTPError(400, "multipart upload without a file field: send -F frame=@x.jpg")
 
 
 async def read_limited(read_chunk, limit: int, too_large: web.HTTPException) -> bytes:
@@ -783,11 +831,11 @@ def shutting_down() -> web.HTTPException:
                       {"Retry-After": RETRY_AFTER, "Connection": "close"})
 
 
-def requested_width(request: web.Request, frame: Frame) -> int | None:
+def requested_width(request: web.Request, frame: Frame | None) -> int | None:
     """The variant width asked for, by `?width=W` or the tutorial's `/liveWxH.jpeg` box."""
     sizes = request.app[SETTINGS].sizes
     box = request.match_info.get("box_width"), request.match_info.get("box_height")
-    if box[0] is not None:
+    if box[0] is not None and frame is not None:
         box_w, box_h = int(box[0]), int(box[1])
         fits = [w for w in sizes if w <= box_w and w * frame.height / frame.width <= box_h]
         if not fits:
@@ -797,9 +845,14 @@ def requested_width(request: web.Request, frame: Frame) -> int | None:
     raw = request.query.get("width")
     if raw is None:
         return None
-    if not raw.isdigit() or int(raw) not in sizes:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) not in sizes:
         raise HTTPError(400, "width must be one of " + ",".join(map(str, sizes)))
     return int(raw)
+
+
+def check_width(request: web.Request, camera: Camera) -> None:
+    """Reject a bad `?width=` before waiting, while the answer can be a plain 400."""
+    requested_width(request, camera.frame)
 
 
 async def sized(request: web.Request, camera: Camera, frame: Frame) -> Frame:
@@ -855,6 +908,9 @@ async def next_jpeg(request: web.Request) -> web.Response:
     timeout = query_number(request, "timeout", float, 0)
     timeout = min(settings.long_poll_default if timeout is None else timeout,
                   settings.long_poll_max)
+    check_width(request, camera)
+    # Without `after` the answer depends on when it was asked: no shared cache may keep it.
+    cacheable = after is not None
     if after is None:
         after = camera.frame.seq if camera.frame else 0
     try:
@@ -866,7 +922,7 @@ async def next_jpeg(request: web.Request) -> web.Response:
         return web.Response(status=204, headers={"Cache-Control": "no-store"})
     frame = await sized(request, camera, frame)
     camera.served += 1
-    return frame_response(frame, frame.next_headers)
+    return frame_response(frame, frame.next_headers if cacheable else frame.live_headers)
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -880,7 +936,7 @@ async def index(request: web.Request) -> web.StreamResponse:
     if len(cameras) > 1:
         return page("grid.html", request, {"cameras": [camera.name for camera in cameras],
                                            "sizes": list(request.app[SETTINGS].sizes)})
-    return viewer_page(request, DEFAULT_CAMERA)
+    return viewer_page(request, cameras[0].name if cameras else DEFAULT_CAMERA)
 
 
 async def camera_page(request: web.Request) -> web.StreamResponse:
@@ -974,6 +1030,7 @@ STREAM_REPEAT_AFTER = 1.0  # seconds of camera silence before the last frame is 
 STREAM_SEND_BUFFER = 64 * 1024  # kernel send buffer of a stream viewer's socket
 WS_CLOSE_TIMEOUT = 1.0  # how long a closing WebSocket waits for the peer's close frame
 WS_HEARTBEAT = 30.0  # ping so a vanished peer is noticed
+STREAM_STALL_LIMIT = 30.0  # a viewer that takes no frame for this long is disconnected
 
 MJPEG_HEADERS = {
     "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
@@ -1077,12 +1134,6 @@ def bound_send_buffers(request: web.Request) -> None:
     transport.set_write_buffer_limits(high=0)
 
 
-def check_stream_width(request: web.Request, camera: Camera) -> None:
-    """Reject a bad `?width=` while the answer can still be a plain HTTP error."""
-    if camera.frame is not None:
-        requested_width(request, camera.frame)
-
-
 async def pump_frames(request: web.Request, camera: Camera,
                       send: Callable[[Frame], Awaitable[None]], fps: float | None) -> None:
     """Feed one stream viewer until the server shuts down.
@@ -1103,8 +1154,16 @@ async def pump_frames(request: web.Request, camera: Camera,
             return
         if frame is None:
             continue
-        seq, started = frame.seq, loop.time()
-        await send(await sized(request, camera, frame))
+        started = loop.time()
+        frame = await sized(request, camera, frame)
+        seq = frame.seq
+        try:
+            async with asyncio.timeout(STREAM_STALL_LIMIT):
+                await send(frame)
+        except TimeoutError:  # alive but not reading: let it go rather than hold it forever
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("the viewer stopped reading") from None
         camera.served += 1
         await streams.pause(min_gap - (loop.time() - started))
 
@@ -1112,11 +1171,9 @@ async def pump_frames(request: web.Request, camera: Camera,
 async def stream_mjpeg(request: web.Request) -> web.StreamResponse:
     """`/stream.mjpg`: one JPEG part per frame, for <img>, VLC, ffmpeg and Home Assistant."""
     camera = viewed_camera(request)
-    check_stream_width(request, camera)
+    check_width(request, camera)
     fps = query_number(request, "fps", int, 1)
     response = web.StreamResponse(headers=MJPEG_HEADERS)
-    if request.app[SETTINGS].allow_origin:
-        response.headers["Access-Control-Allow-Origin"] = request.app[SETTINGS].allow_origin
     await response.prepare(request)
     if request.method == "HEAD":
         return response
@@ -1150,7 +1207,7 @@ async def ws_viewer(request: web.Request) -> web.WebSocketResponse:
     Sending and reading run side by side: reading answers pings and notices the close.
     """
     camera = viewed_camera(request)
-    check_stream_width(request, camera)
+    check_width(request, camera)
     fps = query_number(request, "fps", int, 1)
     ws = web.WebSocketResponse(compress=False, writer_limit=0, timeout=WS_CLOSE_TIMEOUT,
                                heartbeat=WS_HEARTBEAT, max_msg_size=64 * 1024)
@@ -1234,20 +1291,33 @@ def accept_message(relay: Relay, name: str, message: WSMessage) -> dict:
 # ---------------------------------------------------------------------------
 
 PASSWORD_IN_URL = re.compile(r"(password=)[^&\s\"]*", re.IGNORECASE)
+QUERY = re.compile(r"\?[^\s\"]*")
+
+
+def redact(text: str) -> str:
+    """`text` with every password in a URL replaced, however it was percent-encoded."""
+    text = PASSWORD_IN_URL.sub(r"\1REDACTED", text)
+    if "password" in urllib.parse.unquote(text).lower().replace("password=redacted", ""):
+        text = QUERY.sub("?REDACTED", text)  # an encoded name: drop whole query strings
+    return text
 
 
 class RedactPasswords(logging.Filter):
-    """aiohttp's access log prints the query string; the tutorial puts the password there."""
+    """aiohttp's access log prints the query string; the tutorial puts the password there.
+
+    The message is not all: aiohttp also hands the request line and headers to the log
+    record, where a structured (JSON, journald) handler would print them.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "password=" in message.lower():
-            record.msg, record.args = PASSWORD_IN_URL.sub(r"\1REDACTED", message), None
+        record.msg, record.args = redact(record.getMessage()), None
+        if isinstance(getattr(record, "first_request_line", None), str):
+            record.first_request_line = redact(record.first_request_line)
+        headers = getattr(record, "request_header", None)
+        if isinstance(headers, dict):
+            record.request_header = {key: redact(value) if isinstance(value, str) else value
+                                     for key, value in headers.items()}
         return True
-
-
-if not any(isinstance(f, RedactPasswords) for f in access_log.filters):
-    access_log.addFilter(RedactPasswords())
 
 
 class QuietFrameAccessLogger(AccessLogger):
@@ -1288,6 +1358,8 @@ async def release_viewers(app: web.Application) -> None:
 
 
 def create_app(settings: Settings) -> web.Application:
+    if not any(isinstance(f, RedactPasswords) for f in access_log.filters):
+        access_log.addFilter(RedactPasswords())
     app = web.Application(
         client_max_size=settings.max_frame_bytes + MiB,
         handler_args={
@@ -1304,22 +1376,47 @@ def create_app(settings: Settings) -> web.Application:
     app[STREAMS] = Streams()
     app.on_shutdown.append(release_viewers)
     app.on_shutdown.append(close_streams)
+    if settings.allow_origin:
+        app.on_response_prepare.append(cors_headers(settings.allow_origin))
     add_routes(app)
     return app
+
+
+def cors_headers(origin: str) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """Let a dashboard on `origin` fetch frames, timeouts and errors alike, and read the
+    frame headers."""
+
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = (
+            "ETag, X-Frame-Seq, X-Frame-Timestamp, X-Frame-Age")
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, POST"
+            response.headers["Access-Control-Allow-Headers"] = (
+                "Authorization, Content-Type, If-None-Match")
+            response.headers["Access-Control-Max-Age"] = "600"
+
+    return add
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """CORS preflight: the headers are added by `cors_headers`."""
+    return web.Response(status=204)
 
 
 def add_routes(app: web.Application) -> None:
     router = app.router
     router.add_get("/", index)
-    router.add_post("/", upload)  # the tutorial's `POST /?password=`
+    router.add_post("/", upload, expect_handler=expect_upload)  # the tutorial's form
     router.add_get("/test", tutorial_test_page)
     router.add_get("/status", status)
     router.add_get("/metrics", metrics)
     router.add_get("/favicon.ico", favicon)
     for prefix in ("", "/cams/{camera}"):
-        router.add_post(prefix + "/upload", upload)
+        router.add_post(prefix + "/upload", upload, expect_handler=expect_upload)
         router.add_get(prefix + "/live.jpeg", live_jpeg)
-        router.add_get(prefix + r"/live{box_width:\d+}x{box_height:\d+}.jpeg", live_jpeg)
+        router.add_get(prefix + r"/live{box_width:\d{1,5}}x{box_height:\d{1,5}}.jpeg",
+                       live_jpeg)
         router.add_get(prefix + "/next.jpeg", next_jpeg)
         router.add_get(prefix + "/stream.mjpg", stream_mjpeg)
         router.add_get(prefix + "/ws", ws_viewer)
@@ -1327,6 +1424,8 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/cams/{camera}/", camera_page)
     router.add_get("/cams/{camera}", add_slash)
     router.add_static("/static/", HERE / "static")
+    if app[SETTINGS].allow_origin:
+        router.add_route("OPTIONS", "/{path:.*}", preflight)
 
 
 # ---------------------------------------------------------------------------
@@ -1343,9 +1442,7 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
     await site.start()
-    port = runner.addresses[0][1]
-    shown_host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    url = f"http://{shown_host}:{port}/"
+    url = server_url(settings.host, runner.addresses[0][1])
     log.info("listening on %s", url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -1363,13 +1460,23 @@ async def serve(settings: Settings) -> None:
         await runner.cleanup()
 
 
+def server_url(host: str, port: int) -> str:
+    """The address to open: `localhost` for a server listening on every interface."""
+    shown = "localhost" if host in ("0.0.0.0", "::", "") else host
+    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+
+
 async def run_demo(url: str, password: str) -> None:
     """The demo camera: uploader.py's demo source, through the real upload endpoint."""
     import uploader
 
     options = uploader.Options(url=url.rstrip("/"), password=password, source="demo",
                                quiet=True)
-    status = await uploader.run(options)
+    try:
+        status = await uploader.run(options)
+    except Exception:
+        log.exception("demo camera failed")
+        return
     if status:
         log.error("demo camera stopped (exit status %d); see the messages above", status)
 
@@ -1378,10 +1485,9 @@ def print_camera_hint(settings: Settings, args: argparse.Namespace) -> None:
     if args.password_file or os.environ.get("LIVECAM_PASSWORD") or os.environ.get("PASSWORD"):
         return
     secret_file = settings.db_path.with_name(settings.db_path.name + ".password").resolve()
-    host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
     log.info("upload password is in %s; start a camera with:\n  LIVECAM_PASSWORD=\"$(cat %s)\" "
-             "python uploader.py --url http://%s:%d", secret_file, secret_file, host,
-             settings.port)
+             "python uploader.py --url %s", secret_file, secret_file,
+             server_url(settings.host, settings.port).rstrip("/"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -70,13 +70,20 @@ async def test_the_camera_cap_is_403_and_existing_cameras_keep_working(aiohttp_c
                                                                        tmp_path, auth):
     settings = livecam.Settings(db_path=tmp_path / "x.db", password=PASSWORD, max_cameras=3)
     client = await aiohttp_client(livecam.create_app(settings))
-    for name in ("a", "b"):  # `default` counts as the first
+    for name in ("a", "b", "c"):  # `default` counts only once it uploads
         assert (await client.post(f"/cams/{name}/upload", data=make_jpeg(),
                                   headers=auth)).status == 200
-    response = await client.post("/cams/c/upload", data=make_jpeg(), headers=auth)
+    response = await client.post("/cams/d/upload", data=make_jpeg(), headers=auth)
     assert response.status == 403
     assert "at most 3" in await response.text()
+    assert (await client.post("/upload", data=make_jpeg(), headers=auth)).status == 403
     assert (await client.post("/cams/a/upload", data=make_jpeg(), headers=auth)).status == 200
+    await client.close()
+
+    fewer = livecam.Settings(db_path=tmp_path / "x.db", password=PASSWORD, max_cameras=1)
+    restarted = await aiohttp_client(livecam.create_app(fewer))  # starts despite the lower cap
+    assert (await restarted.get("/cams/c/live.jpeg")).status == 200
+    assert (await restarted.post("/cams/e/upload", data=make_jpeg(), headers=auth)).status == 403
 
 
 async def test_per_camera_passwords(aiohttp_client, tmp_path):

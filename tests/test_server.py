@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -248,25 +249,27 @@ async def test_one_upload_wakes_hundreds_of_long_polls(client, auth):
     print(f"one upload woke {viewers} long-polls; the upload request took {upload_ms:.1f} ms")
 
 
-async def test_a_viewer_that_hangs_up_stops_counting_at_once(client, auth):
+async def test_a_viewer_that_hangs_up_stops_counting_at_once(aiohttp_client, tmp_path, auth):
+    settings = livecam.Settings(db_path=tmp_path / "x.db", password=PASSWORD,
+                                viewer_window=60)  # only hanging up can end the count
+    client = await aiohttp_client(livecam.create_app(settings))
     await client.post("/upload", data=make_jpeg(), headers=auth)
 
     async def viewers() -> int:
         return (await (await client.get("/status")).json())["cameras"]["default"]["viewers"]
 
-    async with aiohttp.ClientSession() as session:
-        poll = asyncio.ensure_future(session.get(client.make_url("/next.jpeg?timeout=30")))
+    async def until(count: int) -> int:
         for _ in range(100):
-            if await viewers() == 2:  # the poll and the /status checker's fetch earlier
+            if (seen := await viewers()) == count:
                 break
             await asyncio.sleep(0.02)
+        return seen
+
+    async with aiohttp.ClientSession() as session:
+        poll = asyncio.ensure_future(session.get(client.make_url("/next.jpeg?timeout=30")))
+        assert await until(1) == 1
         poll.cancel()
-    for _ in range(100):
-        if await viewers() <= 1:
-            break
-        await asyncio.sleep(0.02)
-    response = await client.post("/upload", data=make_jpeg(), headers=auth)
-    assert (await response.json())["viewers"] <= 1
+    assert await until(0) == 0
 
 
 async def test_viewers_count_recent_fetchers(client, auth):
@@ -300,6 +303,21 @@ async def test_a_restarted_server_serves_the_last_frame_with_its_seq(aiohttp_cli
     assert body["seq"] == 5
 
 
+def stored_seq(db_path) -> int | None:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        row = db.execute("SELECT seq FROM frames WHERE camera = 'default'").fetchone()
+    return row and row[0]
+
+
+def meta(db_path) -> dict[str, str]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        return dict(db.execute("SELECT key, value FROM meta"))
+
+
 async def test_writes_are_rate_limited_but_the_newest_is_flushed_on_close(aiohttp_client,
                                                                           tmp_path, auth):
     settings = livecam.Settings(db_path=tmp_path / "x.db", password=PASSWORD,
@@ -308,28 +326,53 @@ async def test_writes_are_rate_limited_but_the_newest_is_flushed_on_close(aiohtt
     frames = [make_jpeg(color=(i, i, i)) for i in range(5)]
     for jpeg in frames:
         await client.post("/upload", data=jpeg, headers=auth)
+    await asyncio.sleep(0.3)
+    assert stored_seq(settings.db_path) == 1  # written once, then resting for 60 s
     await client.close()
+    assert stored_seq(settings.db_path) == 5
     again = await aiohttp_client(livecam.create_app(settings))
     assert await (await again.get("/live.jpeg")).read() == frames[-1]
 
 
-def test_an_unclean_stop_takes_a_new_epoch_so_seq_never_names_two_images(tmp_path):
-    import sqlite3
-
+def test_a_clean_stop_keeps_the_epoch_and_an_unclean_one_changes_it(tmp_path):
     db_path = tmp_path / "x.db"
     store = livecam.FrameStore(db_path, 0.01)
     epoch, _ = store.start().result(5)
+    assert meta(db_path)["clean"] == "0"  # while running
     store.close()
-    again = livecam.FrameStore(db_path, 0.01)
-    assert again.start().result(5)[0] == epoch  # clean stop: same epoch
-    with sqlite3.connect(db_path) as db:  # as if the process had been killed
-        db.execute("UPDATE meta SET value = '0' WHERE key = 'clean'")
-    again.close()
-    with sqlite3.connect(db_path) as db:
-        db.execute("UPDATE meta SET value = '0' WHERE key = 'clean'")
+    assert meta(db_path)["clean"] == "1"
+    running = livecam.FrameStore(db_path, 0.01)
+    assert running.start().result(5)[0] == epoch
+    # As if `running` had been killed: its close() has not run, the database says unclean.
     third = livecam.FrameStore(db_path, 0.01)
     assert third.start().result(5)[0] != epoch
     third.close()
+    running.close()
+
+
+async def test_a_failed_write_is_retried_and_a_stop_after_it_changes_the_epoch(
+        aiohttp_client, tmp_path, auth):
+    import sqlite3
+
+    settings = livecam.Settings(db_path=tmp_path / "x.db", password=PASSWORD,
+                                persist_interval=0.05)
+    client = await aiohttp_client(livecam.create_app(settings))
+    epoch = (await (await client.get("/status")).json())["epoch"]
+    await client.post("/upload", data=make_jpeg(), headers=auth)
+    await asyncio.sleep(0.3)
+    with contextlib.closing(sqlite3.connect(settings.db_path)) as db:  # the disk "fails"
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON frames "
+                   "BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
+        db.commit()
+    await client.post("/upload", data=make_jpeg(), headers=auth)
+    await asyncio.sleep(0.3)
+    assert stored_seq(settings.db_path) == 1
+    await client.close()  # seq 2 was served but never stored: not a clean stop
+    assert meta(settings.db_path)["clean"] == "0"
+    again = await aiohttp_client(livecam.create_app(settings))
+    response = await again.get("/live.jpeg")
+    assert response.headers["X-Frame-Seq"] == "1"
+    assert not response.headers["ETag"].startswith(f'"{epoch}-')
 
 
 # --- the rest of the surface ---------------------------------------------------------------
@@ -453,3 +496,115 @@ def test_demo_camera_feeds_the_server_through_the_upload_endpoint(tmp_path):
         assert (camera["width"], camera["height"]) == (1280, 720)
         assert server.stop() == 0
     assert "listening on" in server.log()
+
+
+# --- hostile or unusual requests -------------------------------------------------------------
+
+
+async def raw_exchange(client, request: bytes) -> bytes:
+    """Send raw bytes and read what the server answers first (no body follows them)."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(4096), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_expect_100_continue_checks_password_and_size_before_the_body(client):
+    head = ("POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            "Content-Length: {length}\r\nAuthorization: Bearer {password}\r\n\r\n")
+    wrong = await raw_exchange(client, head.format(length=1000, password="nope").encode())
+    assert wrong.startswith(b"HTTP/1.1 401")
+    huge = await raw_exchange(client, head.format(length=10**9, password=PASSWORD).encode())
+    assert huge.startswith(b"HTTP/1.1 413")
+    fine = await raw_exchange(client, head.format(length=1000, password=PASSWORD).encode())
+    assert fine.startswith(b"HTTP/1.1 100 Continue")
+
+
+async def test_a_password_that_is_not_utf8_is_a_401_not_a_crash(client):
+    answer = await raw_exchange(client, b"POST /upload HTTP/1.1\r\nHost: x\r\n"
+                                        b"Authorization: Bearer \xff\xfe\r\n"
+                                        b"Content-Length: 0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 401")
+
+
+async def test_multipart_that_fits_the_limit_is_accepted_and_broken_multipart_is_400(
+        aiohttp_client, tmp_path, auth):
+    jpeg = make_jpeg(120, 90, comment=os.urandom(15_000))
+    settings = livecam.Settings(db_path=tmp_path / "x.db", password=PASSWORD,
+                                max_frame_bytes=len(jpeg) + 10)
+    client = await aiohttp_client(livecam.create_app(settings))
+    form = aiohttp.FormData()
+    form.add_field("frame", jpeg, filename="x.jpg", content_type="image/jpeg")
+    assert (await client.post("/upload", data=form, headers=auth)).status == 200
+    broken = {**auth, "Content-Type": "multipart/form-data"}  # no boundary
+    response = await client.post("/upload", data=b"garbage", headers=broken)
+    assert response.status == 400 and "multipart" in await response.text()
+
+
+async def test_odd_widths_and_boxes_are_client_errors(client, auth):
+    await client.post("/upload", data=make_jpeg(1280, 720), headers=auth)
+    assert (await client.get("/live.jpeg?width=%C2%B2")).status == 400  # "²" is a digit too
+    assert (await client.get("/live" + "9" * 5000 + "x1.jpeg")).status == 404
+
+
+async def test_a_bad_width_on_a_long_poll_is_400_before_any_wait(client, auth):
+    await client.post("/upload", data=make_jpeg(), headers=auth)
+    response = await client.get("/next.jpeg?after=1&timeout=30&width=abc")
+    assert response.status == 400
+
+
+async def test_next_without_after_is_not_for_shared_caches(client, auth):
+    await client.post("/upload", data=make_jpeg(), headers=auth)
+    waiting = asyncio.ensure_future(client.get("/next.jpeg?timeout=5"))
+    await asyncio.sleep(0.1)
+    await client.post("/upload", data=make_jpeg(), headers=auth)
+    assert (await waiting).headers["Cache-Control"] == "no-cache"
+
+
+async def test_allow_origin_covers_frames_timeouts_errors_and_preflight(aiohttp_client,
+                                                                        tmp_path, auth):
+    settings = livecam.Settings(db_path=tmp_path / "x.db", password=PASSWORD,
+                                allow_origin="https://dash.example")
+    client = await aiohttp_client(livecam.create_app(settings))
+    assert (await client.get("/live.jpeg")).headers["Access-Control-Allow-Origin"] == \
+        "https://dash.example"  # the 503 before any frame
+    await client.post("/upload", data=make_jpeg(), headers=auth)
+    frame = await client.get("/live.jpeg")
+    assert "X-Frame-Age" in frame.headers["Access-Control-Expose-Headers"]
+    timeout = await client.get("/next.jpeg?after=1&timeout=0.1")
+    assert timeout.status == 204 and timeout.headers["Access-Control-Allow-Origin"]
+    preflight = await client.options("/next.jpeg", headers={
+        "Origin": "https://dash.example", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "if-none-match"})
+    assert preflight.status == 204
+    assert "If-None-Match" in preflight.headers["Access-Control-Allow-Headers"]
+
+
+async def test_encoded_passwords_and_log_record_fields_are_redacted(aiohttp_client, settings,
+                                                                    caplog):
+    caplog.set_level(logging.DEBUG)
+    client = await aiohttp_client(livecam.create_app(settings))
+    await client.post(f"/?pass%77ord={PASSWORD}", data=b"junk")
+    await client.post(f"/?password={PASSWORD}", data=b"junk",
+                      headers={"Referer": f"http://x/?password%3D{PASSWORD}"})
+    records = [r for r in caplog.records if r.name == "livecam.access"]
+    assert len(records) == 2
+    for record in records:
+        assert PASSWORD not in record.getMessage()
+        assert PASSWORD not in str(vars(record))
+
+
+async def test_the_root_page_shows_the_one_camera_whatever_its_name(client, auth):
+    await client.post("/cams/porch/upload", data=make_jpeg(), headers=auth)
+    assert 'data-camera="porch"' in await (await client.get("/")).text()
+
+
+async def test_a_jpeg_padded_with_fill_bytes_is_refused_quickly(client, auth):
+    jpeg = make_jpeg()
+    padded = jpeg[:2] + b"\xff" * 1_000_000 + jpeg[2:]
+    response = await client.post("/upload", data=io.BytesIO(padded), headers=auth)
+    assert response.status == 400
