@@ -108,8 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    password = resolve_password(args.password_file, args.db)
+def settings_from_args(args: argparse.Namespace, password: str) -> Settings:
     return Settings(
         db_path=args.db,
         password=password,
@@ -137,23 +136,26 @@ def parse_sizes(text: str) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def resolve_password(password_file: Path | None, db_path: Path) -> str:
-    """The upload password: never from argv, where `ps` would show it."""
+def resolve_password(password_file: Path | None, db_path: Path) -> tuple[str, Path | None]:
+    """The upload password, and the file beside the database when it was generated there.
+
+    Never from argv, where `ps` would show it.
+    """
     if password_file is not None:
-        return read_secret(password_file)
+        return read_secret(password_file), None
     for name in ("LIVECAM_PASSWORD", "PASSWORD"):
         if os.environ.get(name):
-            return os.environ[name]
+            return os.environ[name], None
     generated = db_path.with_name(db_path.name + ".password")
     if generated.exists():
-        return read_secret(generated)
+        return read_secret(generated), generated
     password = secrets.token_urlsafe(24)
     generated.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(generated, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(password + "\n")
     log.warning("no password given: generated one in %s (mode 0600)", generated.resolve())
-    return password
+    return password, generated
 
 
 def read_secret(path: Path) -> str:
@@ -934,8 +936,7 @@ async def index(request: web.Request) -> web.StreamResponse:
     relay = request.app[RELAY]
     cameras = relay.cameras_with_frames()
     if len(cameras) > 1:
-        return page("grid.html", request, {"cameras": [camera.name for camera in cameras],
-                                           "sizes": list(request.app[SETTINGS].sizes)})
+        return page("grid.html", request, {"cameras": [camera.name for camera in cameras]})
     return viewer_page(request, cameras[0].name if cameras else DEFAULT_CAMERA)
 
 
@@ -950,8 +951,7 @@ async def camera_page(request: web.Request) -> web.StreamResponse:
 
 def viewer_page(request: web.Request, camera: str) -> web.Response:
     base = "" if camera == DEFAULT_CAMERA else f"/cams/{camera}"
-    sizes = list(request.app[SETTINGS].sizes)
-    return page("viewer.html", request, {"camera": camera, "base": base, "sizes": sizes})
+    return page("viewer.html", request, {"camera": camera, "base": base})
 
 
 async def favicon(request: web.Request) -> web.FileResponse:
@@ -959,6 +959,7 @@ async def favicon(request: web.Request) -> web.FileResponse:
 
 
 def page(template: str, request: web.Request, context: dict) -> web.Response:
+    context = {"sizes": list(request.app[SETTINGS].sizes), **context}
     response = aiohttp_jinja2.render_template(template, request, context)
     response.headers.update(PAGE_HEADERS)
     response.headers["Cache-Control"] = "no-cache"
@@ -1346,8 +1347,7 @@ async def relay_context(app: web.Application) -> AsyncIterator[None]:
     relay.restore(epoch, rows)
     app[RELAY] = relay
     log.info("database %s: epoch %s, restored %d camera(s)", settings.db_path, epoch, len(rows))
-    yield
-    relay.close()
+    yield  # on_shutdown (release_viewers) has released every waiter by now
     await asyncio.to_thread(store.close)
 
 
@@ -1481,10 +1481,9 @@ async def run_demo(url: str, password: str) -> None:
         log.error("demo camera stopped (exit status %d); see the messages above", status)
 
 
-def print_camera_hint(settings: Settings, args: argparse.Namespace) -> None:
-    if args.password_file or os.environ.get("LIVECAM_PASSWORD") or os.environ.get("PASSWORD"):
-        return
-    secret_file = settings.db_path.with_name(settings.db_path.name + ".password").resolve()
+def print_camera_hint(settings: Settings, secret_file: Path) -> None:
+    """Where the generated password is, and how to start a camera with it (never the secret)."""
+    secret_file = secret_file.resolve()
     log.info("upload password is in %s; start a camera with:\n  LIVECAM_PASSWORD=\"$(cat %s)\" "
              "python uploader.py --url %s", secret_file, secret_file,
              server_url(settings.host, settings.port).rstrip("/"))
@@ -1494,8 +1493,10 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = settings_from_args(args)
-    print_camera_hint(settings, args)
+    password, generated_file = resolve_password(args.password_file, args.db)
+    settings = settings_from_args(args, password)
+    if generated_file is not None:
+        print_camera_hint(settings, generated_file)
     try:
         import uvloop
     except ImportError:
